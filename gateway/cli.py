@@ -1,0 +1,248 @@
+"""The `dicom-gateway` command line (click)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from gateway.config import Config, DicomDestination, load_config
+from gateway.errors import ConfigError
+
+CONFIG_HELP = "configuration file (default ./config.yaml, or $GATEWAY_CONFIG)"
+
+
+def _load(config: str | None) -> Config:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(2)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+@click.group()
+@click.version_option(package_name="dicom-gateway")
+def main() -> None:
+    """A durable DICOM routing gateway."""
+
+
+@main.command()
+@click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
+def run(config: str | None) -> None:
+    """Run everything: DIMSE listener(s), workers and the HTTP server."""
+    from gateway.rules import load_rules
+    from gateway.supervisor import run as run_supervisor
+
+    cfg = _load(config)
+    try:
+        load_rules(cfg.rules_dir, cfg.destinations)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(2)
+    sys.exit(run_supervisor(cfg))
+
+
+@main.command()
+@click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
+def check(config: str | None) -> None:
+    """Validate the configuration and the rules; one line per problem, non-zero exit."""
+    from gateway.config import warnings
+    from gateway.rules import load_rules
+
+    cfg = _load(config)
+    try:
+        rules = load_rules(cfg.rules_dir, cfg.destinations)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(2)
+    for w in warnings(cfg):
+        click.echo(f"warning: {w}", err=True)
+    click.echo(
+        f"ok: {len(cfg.destinations)} destination(s), {len(rules.rules)} rule(s) "
+        f"in {len(rules.files)} file(s)"
+    )
+
+
+@main.command()
+@click.argument("address")
+@click.option("--aet", default="ECHOSCU", show_default=True, help="our (calling) AE title")
+@click.option("--aec", default="GATEWAY", show_default=True, help="their (called) AE title")
+@click.option("--timeout", default=10.0, show_default=True)
+def echo(address: str, aet: str, aec: str, timeout: float) -> None:
+    """C-ECHO HOST:PORT."""
+    from gateway.dimse import associate, make_ae, verification_context
+
+    host, port = _host_port(address)
+    ae = make_ae(aet, max_pdu=0, acse=timeout, dimse=timeout, network=timeout)
+    t0 = time.perf_counter()
+    assoc = associate(ae, host, port, aec, [verification_context()])
+    if not assoc.is_established:
+        click.echo(f"echo {aec}@{host}:{port}: association failed", err=True)
+        sys.exit(1)
+    status = assoc.send_c_echo()
+    assoc.release()
+    ms = (time.perf_counter() - t0) * 1000
+    if "Status" in status and status.Status == 0:
+        click.echo(f"echo {aec}@{host}:{port}: success in {ms:.1f} ms")
+        return
+    code = f"0x{status.Status:04X}" if "Status" in status else "no response"
+    click.echo(f"echo {aec}@{host}:{port}: failed ({code})", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("address")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--aet", default="STORESCU", show_default=True, help="our (calling) AE title")
+@click.option("--aec", default="GATEWAY", show_default=True, help="their (called) AE title")
+@click.option("--batch", default=100, show_default=True, help="instances per association")
+@click.option("--timeout", default=60.0, show_default=True)
+def send(address: str, paths: tuple[Path, ...], aet: str, aec: str, batch: int, timeout: float):
+    """C-STORE files and folders (recursively) to HOST:PORT."""
+    from gateway.destinations.dicom import DicomStore
+    from gateway.dimse import file_context_key
+    from gateway.queue import Job
+
+    host, port = _host_port(address)
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*")))]
+    files = [p for p in files if p.is_file()]
+    store = DicomStore(
+        "send",
+        DicomDestination(type="dicom", ae_title=aec, host=host, port=port, dimse_timeout=timeout),
+        calling_ae=aet,
+    )
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+    jobs: list[Job] = []
+    for i, f in enumerate(files):
+        try:
+            sop_class, ts = file_context_key(f)
+        except Exception as exc:
+            outcomes["not DICOM / unreadable"] += 1
+            failures.append(f"{f}: not sent: {exc}")
+            continue
+        jobs.append(Job(i, i, "send", "", 0, 0.0, str(f), "", sop_class, ts, "", "", 0.0))
+    with click.progressbar(length=len(jobs), label=f"C-STORE to {aec}@{host}:{port}") as bar:
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start : start + batch]
+            results = store.send(chunk)
+            for job in chunk:
+                err = results.get(job.id)
+                if err is None:
+                    outcomes["success"] += 1
+                else:
+                    outcomes[str(err)] += 1
+                    failures.append(f"{job.path}: {err}")
+            bar.update(len(chunk))
+    for line in failures:
+        click.echo(line, err=True)
+    click.echo(", ".join(f"{n} {what}" for what, n in outcomes.most_common()) or "nothing to send")
+    sys.exit(0 if not failures else 1)
+
+
+@main.group(invoke_without_command=True)
+@click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
+@click.pass_context
+def queue(ctx: click.Context, config: str | None) -> None:
+    """Per-destination queue state; dead letters: list, retry, purge."""
+    ctx.obj = _load(config)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(status)
+
+
+def _queue(cfg: Config):
+    from gateway.queue import Queue
+
+    if not cfg.db_path.exists():
+        click.echo(f"no queue database at {cfg.db_path} (has the gateway run yet?)", err=True)
+        sys.exit(1)
+    return Queue(cfg.db_path)
+
+
+@queue.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def status(cfg: Config, as_json: bool) -> None:
+    """Jobs per destination and state, with the oldest waiting instance's age."""
+    q = _queue(cfg)
+    rows, inst = q.destination_stats(), q.instance_stats()
+    if as_json:
+        click.echo(json.dumps({"destinations": rows, "instances": inst}, indent=2))
+        return
+    now = time.time()
+    click.echo(f"{'destination':<20} {'state':<10} {'count':>8} {'oldest':>10}")
+    for r in rows:
+        age = _age(now - r["oldest_received_at"])
+        click.echo(f"{r['destination']:<20} {r['state']:<10} {r['count']:>8} {age:>10}")
+    click.echo("instances: " + (", ".join(f"{n} {s}" for s, n in sorted(inst.items())) or "none"))
+
+
+@queue.command()
+@click.option("--destination", "-d", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def dead(cfg: Config, destination: str | None, as_json: bool) -> None:
+    """List dead letters with their last error."""
+    rows = _queue(cfg).dead_letters(destination)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['job']:>8} {r['destination']:<16} {r['sop_instance_uid']} "
+            f"attempts={r['attempts']} error={r['last_error']}"
+        )
+    click.echo(f"{len(rows)} dead letter(s)")
+
+
+@queue.command()
+@click.option("--destination", "-d", default=None)
+@click.pass_obj
+def retry(cfg: Config, destination: str | None) -> None:
+    """Send dead letters again, now, with a fresh set of attempts."""
+    n = _queue(cfg).retry_dead(destination)
+    click.echo(f"{n} dead letter(s) queued again")
+
+
+@queue.command()
+@click.option("--destination", "-d", default=None)
+@click.option("--unmatched", is_flag=True, help="also drop instances that matched no rule")
+@click.option("--yes", is_flag=True, help="do not ask")
+@click.pass_obj
+def purge(cfg: Config, destination: str | None, unmatched: bool, yes: bool) -> None:
+    """Drop dead letters (and optionally unmatched instances) for good."""
+    if not yes:
+        click.confirm("Drop these instances for good?", abort=True)
+    q = _queue(cfg)
+    n, paths = q.purge_dead(destination)
+    if unmatched:
+        extra = q.purge_unmatched()
+        paths += extra
+        click.echo(f"{len(extra)} unmatched instance(s) dropped")
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+    click.echo(f"{n} dead letter(s) purged; {len(paths)} spool file(s) removed")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"

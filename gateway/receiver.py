@@ -1,0 +1,191 @@
+"""The DIMSE front-end: C-ECHO and C-STORE SCP writing into the durable spool.
+
+pynetdicom streams each received dataset to a temporary file in `spool/incoming/`
+(STORE_RECV_CHUNKED_DATASET), so memory stays flat whatever the object size. The C-STORE
+handler reads only the header, then `Spool.accept()` makes the file durable and queued;
+Success is answered only after that returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt, register_uid
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.service_class import StorageServiceClass
+
+from gateway import metrics
+from gateway.config import Config
+from gateway.dimse import VERIFICATION, GatewayServer, all_transfer_syntaxes, make_ae
+from gateway.queue import NewInstance
+from gateway.spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+
+# A-ASSOCIATE-RJ (result permanent, source service-user, diagnostic)
+_REJECT_CALLING = (0x01, 0x01, 0x03)
+_REJECT_CALLED = (0x01, 0x01, 0x07)
+
+
+def storage_contexts(cfg: Config) -> list[PresentationContext]:
+    """Every storage SOP class pydicom/pynetdicom knows, plus configured private ones."""
+    syntaxes = all_transfer_syntaxes()
+    uids = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    for n, uid in enumerate(cfg.dimse.extra_sop_classes):
+        if uid not in uids:
+            register_uid(uid, f"GatewayPrivateStorage{n}", StorageServiceClass)
+            uids.append(uid)
+    out = []
+    for uid in [VERIFICATION, *uids]:
+        cx = PresentationContext()
+        cx.abstract_syntax = uid
+        cx.transfer_syntax = syntaxes
+        out.append(cx)
+    return out
+
+
+class Receiver:
+    """One listener process's DIMSE server."""
+
+    def __init__(self, cfg: Config, spool: Spool) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.allowed = cfg.dimse.calling_aets()
+        self.any_calling = any(a.ae_title == "*" for a in self.allowed)
+        self._server: GatewayServer | None = None
+
+    # -- association control ----------------------------------------------------------
+    def on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor
+        calling = str(rq.primitive.calling_ae_title).strip()
+        called = str(rq.primitive.called_ae_title).strip()
+        address = rq.address
+        reason, rsd = self._refusal(calling, called, address)
+        if reason:
+            log.warning(
+                "refused association from %s (calling %r, called %r): %s",
+                address,
+                calling,
+                called,
+                reason,
+            )
+            metrics.ASSOCIATIONS_REFUSED.labels(reason=reason.split(":")[0]).inc()
+            assoc.acse.send_reject(*rsd)
+            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+
+    def _refusal(self, calling: str, called: str, address: str) -> tuple[str, tuple[int, ...]]:
+        if self.cfg.dimse.check_called_aet and called != self.cfg.ae_title:
+            return f"called AE title not ours: expected {self.cfg.ae_title!r}", _REJECT_CALLED
+        if self.any_calling:
+            return "", ()
+        entries = [a for a in self.allowed if a.ae_title == calling]
+        if not entries:
+            return "calling AE title not allowed", _REJECT_CALLING
+        if not any(a.admits(address) for a in entries):
+            return f"calling AE title not allowed from {address}", _REJECT_CALLING
+        return "", ()
+
+    # -- services ---------------------------------------------------------------------
+    def on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def on_store(self, event: evt.Event) -> int:
+        req = event.request
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        rq = event.assoc.requestor
+        received = Path(event.dataset_path)
+        if not self.spool.has_room():
+            log.error(
+                "refused %s from %s: free disk below storage.min_free_mb (%s MB): 0xA700",
+                sop_uid,
+                rq.ae_title,
+                self.cfg.storage.min_free_mb,
+            )
+            metrics.STORES_FAILED.labels(reason="disk_floor").inc()
+            return OUT_OF_RESOURCES
+        try:
+            ds = dcmread(received, stop_before_pixels=True)
+            study = str(ds.get("StudyInstanceUID", ""))
+            series = str(ds.get("SeriesInstanceUID", ""))
+        except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+            if self.cfg.dimse.unparseable == "reject":
+                log.error("refused %s from %s: dataset unreadable: %s", sop_uid, rq.ae_title, exc)
+                metrics.STORES_FAILED.labels(reason="unparseable").inc()
+                return CANNOT_UNDERSTAND
+            log.warning("keeping unreadable %s from %s as received: %s", sop_uid, rq.ae_title, exc)
+            study = series = ""
+        size = received.stat().st_size
+        item = NewInstance(
+            sop_instance_uid=sop_uid,
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            study_uid=study,
+            series_uid=series,
+            path="",
+            size=size,
+            calling_ae=rq.ae_title.strip(),
+            called_ae=self.cfg.ae_title,
+            source=rq.address,
+        )
+        try:
+            self.spool.accept(received, item)
+        except SpoolError as exc:
+            log.error("refused %s from %s: %s: 0xA700", sop_uid, rq.ae_title, exc)
+            metrics.STORES_FAILED.labels(reason="write").inc()
+            return OUT_OF_RESOURCES
+        metrics.RECEIVED.labels(calling_ae=item.calling_ae).inc()
+        metrics.RECEIVED_BYTES.inc(size)
+        log.debug("stored %s (%d bytes) from %s", sop_uid, size, item.calling_ae)
+        return SUCCESS
+
+    # -- server -----------------------------------------------------------------------
+    def start(self) -> GatewayServer:
+        """Bind and serve in a background thread; `stop()` shuts down."""
+        d = self.cfg.dimse
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = d.accept_unknown_sop_classes
+        # pynetdicom writes its chunk file with NamedTemporaryFile: keep it on the spool's
+        # file system so the rename into the spool is atomic.
+        tempfile.tempdir = str(self.spool.incoming)
+        ae = make_ae(
+            self.cfg.ae_title,
+            max_pdu=d.max_pdu,
+            acse=d.acse_timeout,
+            dimse=d.dimse_timeout,
+            network=d.network_timeout,
+        )
+        ae.maximum_associations = 64
+        handlers = [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+        server = ae.make_server(
+            (d.host, d.port),
+            contexts=storage_contexts(self.cfg),
+            evt_handlers=handlers,
+            server_class=GatewayServer,
+        )
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True).start()
+        return server
+
+    def stop(self) -> None:
+        """Stop accepting, then let in-flight associations finish (bounded)."""
+        if self._server is None:
+            return
+        server = self._server
+        server.shutdown()
+        for assoc in list(server.active_associations):
+            assoc.join(timeout=self.cfg.dimse.network_timeout)

@@ -1,0 +1,156 @@
+"""The spool: where a received file becomes durable before the sender hears Success.
+
+`Spool.accept()` fsyncs the received file, renames it into `spool/objects/`, and hands the
+queue row to a committer thread. The committer groups whatever arrived meanwhile from
+concurrent associations: one directory fsync and one SQLite commit for the group. Only
+when that commit returns does `accept()` return; any failure raises `SpoolError`, the
+renamed file is removed again, and the front-end answers 0xA700.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as stdqueue
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.queue import NewInstance, Queue
+
+log = logging.getLogger(__name__)
+
+
+class SpoolError(Exception):
+    """The instance could not be made durable; the sender must keep it."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_mb(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / (1024 * 1024)
+
+
+class Spool:
+    """Durable placement of received files plus the group commit of their queue rows."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        db_path: Path,
+        *,
+        min_free_mb: float,
+        fsync: bool = True,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.incoming = spool_dir / "incoming"
+        self.objects = spool_dir / "objects"
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.min_free_mb = min_free_mb
+        self.fsync = fsync
+        self._db_path = db_path
+        self._on_commit = on_commit  # e.g. wake the workers
+        self._pending: stdqueue.SimpleQueue[tuple[NewInstance, Future[int]] | None] = (
+            stdqueue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
+        self._thread.start()
+
+    def has_room(self) -> bool:
+        return free_mb(self.objects) >= self.min_free_mb
+
+    def temp_path(self) -> Path:
+        """A fresh path in `incoming/` (same file system as `objects/`, so rename is atomic)."""
+        return self.incoming / f"{uuid.uuid4().hex}.part"
+
+    def accept(self, received: Path, item: NewInstance) -> int:
+        """Make `received` durable and queued; returns the queue id. Raises SpoolError."""
+        final = self.objects / f"{uuid.uuid4().hex}.dcm"
+        try:
+            if self.fsync:
+                fd = os.open(received, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.rename(received, final)
+        except OSError as exc:
+            raise SpoolError(f"cannot write spool file: {exc}") from exc
+        future: Future[int] = Future()
+        self._pending.put((replace(item, path=str(final)), future))
+        try:
+            return future.result()
+        except Exception as exc:
+            final.unlink(missing_ok=True)
+            raise SpoolError(f"cannot commit queue row: {exc}") from exc
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join(timeout=10)
+
+    def _commit_loop(self) -> None:
+        q = Queue(self._db_path, fsync=self.fsync)
+        while True:
+            first = self._pending.get()
+            if first is None:
+                break
+            group = [first]
+            while True:
+                try:
+                    more = self._pending.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if more is None:
+                    self._pending.put(None)
+                    break
+                group.append(more)
+            try:
+                if self.fsync:
+                    fsync_dir(self.objects)
+                ids = q.add_instances([item for item, _ in group])
+            except Exception as exc:  # every waiter gets the failure, none is left hanging
+                log.error("spool commit of %d instance(s) failed: %s", len(group), exc)
+                for _, fut in group:
+                    fut.set_exception(exc)
+                continue
+            for (_, fut), iid in zip(group, ids, strict=True):
+                fut.set_result(iid)
+            if self._on_commit is not None:
+                self._on_commit()
+        q.close()
+
+
+def recover(spool_dir: Path, queue: Queue) -> tuple[int, int]:
+    """At start, before any listener: drop partial receives and files with no queue row.
+
+    Neither kind ever got Success (the row commit is what makes Success), so the sender
+    still has them. Returns (partials removed, orphans removed).
+    """
+    incoming, objects = spool_dir / "incoming", spool_dir / "objects"
+    partials = orphans = 0
+    if incoming.is_dir():
+        for p in incoming.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            partials += 1
+    if objects.is_dir():
+        known = queue.known_paths()
+        for p in objects.iterdir():
+            if str(p) not in known:
+                p.unlink(missing_ok=True)
+                orphans += 1
+    return partials, orphans
