@@ -104,8 +104,10 @@ class DicomDestination(_Model):
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str | None = Field(None, max_length=16)  # default: our ae_title
     max_pdu: int = Field(131072, ge=0)
+    concurrency: int = Field(2, ge=1, le=64)  # parallel associations at most
     connect_timeout: float = Field(10, gt=0)
-    dimse_timeout: float = Field(60, gt=0)
+    # pynetdicom now and then drops a response; this bounds the stall before we reconnect
+    dimse_timeout: float = Field(30, gt=0)
     retry: Retry = Retry()
 
 
@@ -114,9 +116,11 @@ class ArchiveDestination(_Model):
 
     type: Literal["archive"]
     path: Path | None = None
+    concurrency: int = Field(4, ge=1, le=64)
     retry: Retry = Retry()
 
 
+_DESTINATION_TYPES = {"dicom", "archive"}
 Destination = Annotated[DicomDestination | ArchiveDestination, Field(discriminator="type")]
 
 
@@ -208,7 +212,10 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
 
 
 def _problem(path: Path, err: Any) -> str:
-    key = ".".join(str(p) for p in err["loc"] if not str(p).endswith("Destination"))
+    loc = list(err["loc"])
+    if len(loc) > 2 and loc[0] == "destinations" and loc[2] in _DESTINATION_TYPES:
+        del loc[2]  # pydantic names the union member: destinations.pacs.dicom.port
+    key = ".".join(str(p) for p in loc)
     reason = err["msg"]
     if err["type"] == "extra_forbidden":
         reason = "unknown key"

@@ -247,23 +247,43 @@ class Queue:
             )
 
     # -- delivery ----------------------------------------------------------------------
-    def lease_jobs(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
-        """Lease up to `limit` due jobs of one destination (the one waiting longest)."""
+    def lease_jobs(
+        self, owner: str, limit: int, lease_seconds: float, concurrency: dict[str, int] | None = None
+    ) -> list[Job]:
+        """Lease up to `limit` due jobs of one destination (the one waiting longest).
+
+        A destination already served by `concurrency[name]` live leases is skipped, so a
+        PACS that takes one association at a time is not flooded with parallel ones.
+        """
         now = time.time()
+        concurrency = concurrency or {}
         with _write(self.conn) as c:
-            row = c.execute(
-                "SELECT destination FROM jobs WHERE state IN ('pending', 'leased')"
-                " AND due_at <= ? ORDER BY due_at LIMIT 1",
+            due = c.execute(
+                "SELECT destination, min(due_at) AS t FROM jobs WHERE state IN"
+                " ('pending', 'leased') AND due_at <= ? GROUP BY destination ORDER BY t",
                 (now,),
-            ).fetchone()
-            if row is None:
+            ).fetchall()
+            dest = None
+            for name, _ in due:
+                cap = concurrency.get(name)
+                if cap is not None:
+                    busy = c.execute(
+                        "SELECT count(DISTINCT lease_owner) FROM jobs WHERE destination = ?"
+                        " AND state = 'leased' AND due_at > ?",
+                        (name, now),
+                    ).fetchone()[0]
+                    if busy >= cap:
+                        continue
+                dest = name
+                break
+            if dest is None:
                 return []
             ids = [
                 r[0]
                 for r in c.execute(
                     "SELECT id FROM jobs WHERE destination = ? AND state IN ('pending', 'leased')"
                     " AND due_at <= ? ORDER BY id LIMIT ?",
-                    (row[0], now, limit),
+                    (dest, now, limit),
                 )
             ]
             c.executemany(
@@ -279,7 +299,11 @@ class Queue:
         return [Job(*r) for r in rows]
 
     def mark_delivered(self, job_ids: list[int]) -> list[str]:
-        """Jobs done; returns spool paths of instances now complete (caller unlinks them)."""
+        """Jobs done; returns spool paths of instances now complete (caller unlinks them).
+
+        Whoever delivered may say so, lease or not: it is true, and a duplicate send by
+        another holder is harmless (destinations are idempotent per SOP Instance UID).
+        """
         if not job_ids:
             return []
         now = time.time()
@@ -305,21 +329,38 @@ class Queue:
             c.execute("DELETE FROM instances WHERE id = ?", (iid,))
         return [p for _, p in done]
 
-    def mark_failed(self, job_id: int, error: str, retry_at: float | None) -> None:
-        """Schedule a retry at `retry_at`, or dead-letter (None) keeping the error."""
+    def mark_failed(self, job_id: int, owner: str, error: str, retry_at: float | None) -> bool:
+        """Schedule a retry at `retry_at`, or dead-letter (None) keeping the error.
+
+        Only the current lease holder may do this: a worker that outlived its lease must
+        not overwrite what the next holder did. Returns False when the lease was lost.
+        """
         with _write(self.conn) as c:
             if retry_at is None:
-                c.execute(
+                cur = c.execute(
                     "UPDATE jobs SET state = 'dead', lease_owner = NULL, last_error = ?"
-                    " WHERE id = ?",
-                    (error, job_id),
+                    " WHERE id = ? AND state = 'leased' AND lease_owner = ?",
+                    (error, job_id, owner),
                 )
             else:
-                c.execute(
+                cur = c.execute(
                     "UPDATE jobs SET state = 'pending', due_at = ?, lease_owner = NULL,"
-                    " last_error = ? WHERE id = ?",
-                    (retry_at, error, job_id),
+                    " last_error = ? WHERE id = ? AND state = 'leased' AND lease_owner = ?",
+                    (retry_at, error, job_id, owner),
                 )
+            return cur.rowcount == 1
+
+    def extend_lease(self, job_ids: list[int], owner: str, lease_seconds: float) -> int:
+        """Keep a long delivery's jobs ours (heartbeat); returns how many are still ours."""
+        if not job_ids:
+            return 0
+        with _write(self.conn) as c:
+            cur = c.execute(
+                f"UPDATE jobs SET due_at = ? WHERE state = 'leased' AND lease_owner = ?"
+                f" AND id IN ({','.join('?' * len(job_ids))})",
+                [time.time() + lease_seconds, owner, *job_ids],
+            )
+            return cur.rowcount
 
     def next_due(self) -> float | None:
         """Earliest time any routing or delivery work becomes due (for the worker's sleep)."""

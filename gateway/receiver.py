@@ -15,10 +15,12 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID_dictionary
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt, register_uid
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
 from gateway import metrics
 from gateway.config import Config
@@ -37,10 +39,30 @@ _REJECT_CALLING = (0x01, 0x01, 0x03)
 _REJECT_CALLED = (0x01, 0x01, 0x07)
 
 
+# Not network storage: DICOMDIR is media-only (PS3.10); Storage Commitment is its own service.
+_NOT_STORAGE = {"1.2.840.10008.1.3.10", "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.2"}
+
+
+def _pydicom_storage_sop_classes() -> list[str]:
+    """Storage SOP classes in pydicom's registry. pynetdicom's storage list leaves out the
+    Non-Patient Object ones (Color Palette, Hanging Protocol, ...) and the retired ones old
+    modalities still send (e.g. Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6); the
+    latter are registered so that pynetdicom dispatches them to the C-STORE handler."""
+    out = []
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        if kind != "SOP Class" or "Storage" not in name or uid in _NOT_STORAGE:
+            continue
+        if not issubclass(uid_to_service_class(uid), StorageServiceClass):
+            register_uid(uid, keyword, StorageServiceClass)
+        out.append(uid)
+    return out
+
+
 def storage_contexts(cfg: Config) -> list[PresentationContext]:
     """Every storage SOP class pydicom/pynetdicom knows, plus configured private ones."""
     syntaxes = all_transfer_syntaxes()
     uids = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    uids += [uid for uid in _pydicom_storage_sop_classes() if uid not in uids]
     for n, uid in enumerate(cfg.dimse.extra_sop_classes):
         if uid not in uids:
             register_uid(uid, f"GatewayPrivateStorage{n}", StorageServiceClass)

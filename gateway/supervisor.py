@@ -8,6 +8,7 @@ then the workers (the batch in hand finishes), then the HTTP server.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -44,10 +45,8 @@ def setup_logging(level: str) -> None:
 def _child_setup(cfg: Config) -> threading.Event:
     """Common start of every child: logging, die with the supervisor, SIGTERM -> stop event."""
     setup_logging(cfg.log_level)
-    try:  # Linux: if the supervisor dies (even by SIGKILL), we get SIGTERM
+    with contextlib.suppress(OSError):  # Linux: if the supervisor dies, even by SIGKILL
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

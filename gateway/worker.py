@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,33 @@ IDLE_WAIT_S = 1.0  # upper bound on a sleep: rule files and expired leases get n
 ROUTE_BATCH = 200
 
 
+class LeaseHeartbeat:
+    """Renews a batch's lease while a slow destination works, so no one else takes it."""
+
+    def __init__(self, cfg: Config, job_ids: list[int], owner: str, lease: float) -> None:
+        self.cfg, self.job_ids, self.owner, self.lease = cfg, job_ids, owner, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        q: Queue | None = None
+        try:
+            while not self._stop.wait(self.lease / 3):
+                q = q or Queue(self.cfg.db_path, fsync=self.cfg.storage.fsync)
+                q.extend_lease(self.job_ids, self.owner, self.lease)
+        finally:
+            if q is not None:
+                q.close()
+
+
 class Worker:
     def __init__(self, cfg: Config, name: str, wait: Callable[[float], None]) -> None:
         self.cfg = cfg
@@ -37,6 +65,7 @@ class Worker:
         self.wait = wait
         self.queue = Queue(cfg.db_path, fsync=cfg.storage.fsync)
         self.destinations: dict[str, Destination] = {n: build(n, cfg) for n in cfg.destinations}
+        self.concurrency = {n: d.concurrency for n, d in cfg.destinations.items()}
         self.rules: RuleSet | None = None
         self._rules_sig: tuple = ()
         self.reload_rules()
@@ -98,9 +127,9 @@ class Worker:
 
     # -- delivery ---------------------------------------------------------------------
     def deliver(self) -> bool:
-        jobs = self.queue.lease_jobs(
-            self.name, self.cfg.workers.batch_size, self.cfg.workers.lease_seconds
-        )
+        owner = f"{self.name}/{uuid.uuid4().hex[:8]}"  # a token per lease, not per worker
+        lease = self.cfg.workers.lease_seconds
+        jobs = self.queue.lease_jobs(owner, self.cfg.workers.batch_size, lease, self.concurrency)
         if not jobs:
             return False
         dest_name = jobs[0].destination
@@ -115,18 +144,19 @@ class Worker:
                 for j in jobs
                 if j not in present
             }
-            try:
-                outcomes.update(dest.send(present))
-            except Exception as exc:
-                log.exception("%s: delivery batch failed", dest_name)
-                outcomes.update(
-                    {j.id: TransientError(f"{type(exc).__name__}: {exc}") for j in present}
-                )
-        self._record(dest_name, jobs, outcomes)
+            with LeaseHeartbeat(self.cfg, [j.id for j in present], owner, lease):
+                try:
+                    outcomes.update(dest.send(present))
+                except Exception as exc:
+                    log.exception("%s: delivery batch failed", dest_name)
+                    outcomes.update(
+                        {j.id: TransientError(f"{type(exc).__name__}: {exc}") for j in present}
+                    )
+        self._record(dest_name, owner, jobs, outcomes)
         return True
 
     def _record(
-        self, dest: str, jobs: list[Job], outcomes: dict[int, DeliveryError | None]
+        self, dest: str, owner: str, jobs: list[Job], outcomes: dict[int, DeliveryError | None]
     ) -> None:
         now = time.time()
         done = [j for j in jobs if outcomes.get(j.id, TransientError("no outcome")) is None]
@@ -135,38 +165,34 @@ class Worker:
         for j in done:
             metrics.DELIVERED.labels(destination=dest).inc()
             metrics.DELIVERY_LATENCY.labels(destination=dest).observe(max(0.0, now - j.received_at))
-            log.debug("delivered %s to %s", j.sop_instance_uid, dest)
+            log.debug("delivered %s to %s (job %d)", j.sop_instance_uid, dest, j.id)
         policy = self.cfg.destinations[dest].retry if dest in self.cfg.destinations else None
         for j in jobs:
             err = outcomes.get(j.id, TransientError("no outcome"))
             if err is None:
                 continue
-            retry_at, why = (
-                (None, "destination not configured")
-                if policy is None
-                else next_attempt(policy, err, j.attempts, j.created_at, now)
-            )
-            self.queue.mark_failed(j.id, str(err), retry_at)
+            if policy is None:
+                retry_at, why = None, "destination not configured"
+            else:
+                retry_at, why = next_attempt(policy, err, j.attempts, j.created_at, now)
+            if not self.queue.mark_failed(j.id, owner, str(err), retry_at):
+                log.info(
+                    "job %d (%s to %s) was re-leased meanwhile; its outcome here is dropped: %s",
+                    j.id, j.sop_instance_uid, dest, err,
+                )  # fmt: skip
+                continue
             if retry_at is None:
                 metrics.DEAD_LETTERED.labels(destination=dest).inc()
                 log.error(
                     "dead letter: %s to %s after %d attempt(s) (%s): %s",
-                    j.sop_instance_uid,
-                    dest,
-                    j.attempts,
-                    why,
-                    err,
-                )
+                    j.sop_instance_uid, dest, j.attempts, why, err,
+                )  # fmt: skip
             else:
                 metrics.RETRIED.labels(destination=dest).inc()
                 log.warning(
                     "retry %s to %s in %.1f s (attempt %d): %s",
-                    j.sop_instance_uid,
-                    dest,
-                    retry_at - now,
-                    j.attempts,
-                    err,
-                )
+                    j.sop_instance_uid, dest, retry_at - now, j.attempts, err,
+                )  # fmt: skip
 
     def close(self) -> None:
         for d in self.destinations.values():
