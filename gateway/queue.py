@@ -248,7 +248,11 @@ class Queue:
 
     # -- delivery ----------------------------------------------------------------------
     def lease_jobs(
-        self, owner: str, limit: int, lease_seconds: float, concurrency: dict[str, int] | None = None
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        concurrency: dict[str, int] | None = None,
     ) -> list[Job]:
         """Lease up to `limit` due jobs of one destination (the one waiting longest).
 

@@ -13,9 +13,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID, UID_dictionary
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt, register_uid
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
@@ -74,6 +74,20 @@ def storage_contexts(cfg: Config) -> list[PresentationContext]:
         cx.transfer_syntax = syntaxes
         out.append(cx)
     return out
+
+
+def _check_as_sent(ds: Dataset, sop_class: str, sop_instance: str, ts: UID) -> None:
+    """ValueError for a dataset no peer downstream takes as it came (dcmtk and Orthanc
+    refuse both, pydicom reads on): encoded otherwise than the negotiated transfer syntax,
+    or without the request's SOP Class and Instance UIDs (e.g. an empty dataset)."""
+    first = next(ds.elements(), None)  # still raw: it says how it was actually encoded
+    found = (getattr(first, "is_implicit_VR", None), getattr(first, "is_little_endian", None))
+    if None not in found and found != (ts.is_implicit_VR, ts.is_little_endian):
+        raise ValueError(f"dataset is not encoded in the negotiated transfer syntax {ts.name}")
+    for keyword, sent in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)):
+        value = ds.get(keyword)
+        if value is None or str(value) != str(sent):
+            raise ValueError(f"{keyword} in the dataset ({value}) is not the request's ({sent})")
 
 
 class Receiver:
@@ -138,6 +152,7 @@ class Receiver:
             return OUT_OF_RESOURCES
         try:
             ds = dcmread(received, stop_before_pixels=True)
+            _check_as_sent(ds, req.AffectedSOPClassUID, sop_uid, event.context.transfer_syntax)
             study = str(ds.get("StudyInstanceUID", ""))
             series = str(ds.get("SeriesInstanceUID", ""))
         except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
@@ -199,6 +214,7 @@ class Receiver:
             evt_handlers=handlers,
             server_class=GatewayServer,
         )
+        ae._servers.append(server)  # make_server doesn't; server.shutdown() expects it
         self._server = server
         threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True).start()
         return server

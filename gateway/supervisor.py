@@ -42,7 +42,7 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
-def _child_setup(cfg: Config) -> threading.Event:
+def _child_setup(cfg: Config, supervisor_pid: int) -> threading.Event:
     """Common start of every child: logging, die with the supervisor, SIGTERM -> stop event."""
     setup_logging(cfg.log_level)
     with contextlib.suppress(OSError):  # Linux: if the supervisor dies, even by SIGKILL
@@ -50,22 +50,24 @@ def _child_setup(cfg: Config) -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    if os.getppid() == 1:
+    if os.getppid() != supervisor_pid:  # it died before PDEATHSIG was armed
         stop.set()
     return stop
 
 
-def listener_main(cfg: Config, index: int, wake: Any) -> None:
+def listener_main(cfg: Config, index: int, supervisor_pid: int) -> None:
+    from gateway.doorbell import Bell
     from gateway.receiver import Receiver
     from gateway.spool import Spool
 
-    stop = _child_setup(cfg)
+    stop = _child_setup(cfg, supervisor_pid)
+    bell = Bell(cfg.data_dir, cfg.workers.count)
     spool = Spool(
         cfg.spool_dir,
         cfg.db_path,
         min_free_mb=cfg.storage.min_free_mb,
         fsync=cfg.storage.fsync,
-        on_commit=wake.set,
+        on_commit=bell.ring,
     )
     receiver = Receiver(cfg, spool)
     receiver.start()
@@ -75,26 +77,23 @@ def listener_main(cfg: Config, index: int, wake: Any) -> None:
     spool.close()
 
 
-def worker_main(cfg: Config, index: int, wake: Any) -> None:
+def worker_main(cfg: Config, index: int, supervisor_pid: int) -> None:
+    from gateway.doorbell import Door
     from gateway.worker import Worker
 
-    stop = _child_setup(cfg)
-
-    def wait(timeout: float) -> None:
-        if wake.wait(timeout):
-            wake.clear()
-
-    worker = Worker(cfg, f"worker-{index}", wait)
+    stop = _child_setup(cfg, supervisor_pid)
+    door = Door(cfg.data_dir, index)
+    worker = Worker(cfg, f"worker-{index}", door.wait)
     worker.run(stop)
     worker.close()
 
 
-def http_main(cfg: Config) -> None:
+def http_main(cfg: Config, supervisor_pid: int) -> None:
     import uvicorn
 
     from gateway.http import create_app
 
-    _child_setup(cfg)
+    _child_setup(cfg, supervisor_pid)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(cfg),
@@ -124,7 +123,6 @@ class Supervisor:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.ctx = mp.get_context("spawn")
-        self.wake = self.ctx.Event()
         self.children: list[Child] = []
         self._stopping = False
         self._sig_r, self._sig_w = os.pipe()
@@ -152,13 +150,13 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir)  # inherited by every child
 
     def plan(self) -> None:
-        cfg = self.cfg
+        cfg, pid = self.cfg, os.getpid()
         for i in range(cfg.dimse.listeners):
-            self.children.append(Child(f"listener-{i}", listener_main, (cfg, i, self.wake), 0))
+            self.children.append(Child(f"listener-{i}", listener_main, (cfg, i, pid), 0))
         for i in range(cfg.workers.count):
-            self.children.append(Child(f"worker-{i}", worker_main, (cfg, i, self.wake), 1))
+            self.children.append(Child(f"worker-{i}", worker_main, (cfg, i, pid), 1))
         if cfg.http.enabled:
-            self.children.append(Child("http", http_main, (cfg,), 2))
+            self.children.append(Child("http", http_main, (cfg, pid), 2))
 
     def _start(self, child: Child) -> None:
         proc = self.ctx.Process(target=child.target, args=child.args, name=child.name)

@@ -59,7 +59,7 @@ class LeaseHeartbeat:
 
 
 class Worker:
-    def __init__(self, cfg: Config, name: str, wait: Callable[[float], None]) -> None:
+    def __init__(self, cfg: Config, name: str, wait: Callable[[float], object]) -> None:
         self.cfg = cfg
         self.name = name
         self.wait = wait

@@ -147,21 +147,27 @@ class StoreSCP:
 
 
 def start_storescp(
-    out_dir: Path, ae_title: str = "STORESCP", port: int | None = None, extra: Sequence[str] = ()
+    out_dir: Path,
+    ae_title: str = "STORESCP",
+    port: int | None = None,
+    extra: Sequence[str] = (),
+    accept: str | None = "+xa",
 ) -> StoreSCP:
     """dcmtk storescp accepting every SOP class (-pm) and transfer syntax (+xa).
 
     `extra`: more storescp options, e.g. ["--fork"] to serve associations in parallel.
+    `accept=None`: storescp's default, uncompressed transfer syntaxes only.
+    Its verbose log goes beside `out_dir` as `<name>.log`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = open(out_dir.parent / f"{out_dir.name}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", ae_title, "-od", str(out_dir), "-pm", "+xa", "-uf"]
-        + [*extra, str(port)],
+        [dcmtk("storescp"), "-v", "-aet", ae_title, "-od", str(out_dir), "-pm", "-uf"]
+        + [*([accept] if accept else []), *extra, str(port)],
         env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     wait_port(port, proc=proc)
     return StoreSCP(port, out_dir, ae_title, proc)

@@ -15,13 +15,13 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
 from gateway.config import DicomDestination
-from gateway.dimse import associate, contexts_for, make_ae
+from gateway.dimse import associate, contexts_for, make_ae, verification_context
 from gateway.errors import DeliveryError, PermanentError, TransientError
 from gateway.queue import Job
 
 log = logging.getLogger(__name__)
 
-MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+MAX_CONTEXTS = 127  # PS3.8 allows 128 per association; one is Verification
 WARNINGS = {0xB000, 0xB006, 0xB007}  # coercion / elements discarded / data set mismatch
 RECONNECTS_PER_BATCH = 1
 
@@ -60,10 +60,16 @@ class DicomStore:
             network=s.dimse_timeout,
         )
         keys = [(j.sop_class_uid, j.transfer_syntax) for j in jobs]
-        assoc = associate(ae, s.host, s.port, s.ae_title, contexts_for(keys))
+        # Verification rides along: a peer that takes none of the files' contexts then still
+        # accepts the association, and each file fails alone with "no accepted context"
+        # (permanent) instead of the whole batch looking like an outage (transient).
+        contexts = [*contexts_for(keys), verification_context()]
+        assoc = associate(ae, s.host, s.port, s.ae_title, contexts)
         if not assoc.is_established:
             why = (
-                "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+                "rejected"
+                if assoc.is_rejected
+                else f"no answer within {s.connect_timeout:g} s (down, busy or aborted)"
             )
             raise TransientError(f"association with {s.ae_title}@{s.host}:{s.port} failed: {why}")
         return assoc
