@@ -9,9 +9,12 @@ Success is answered only after that returns.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 import tempfile
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
@@ -90,6 +93,30 @@ def _check_as_sent(ds: Dataset, sop_class: str, sop_instance: str, ts: UID) -> N
             raise ValueError(f"{keyword} in the dataset ({value}) is not the request's ({sent})")
 
 
+def _check_pixel_data_complete(fp: BinaryIO, ts: UID, size: int) -> None:
+    """ValueError if the Pixel Data element at `fp` (where stop_before_pixels left it) runs
+    past the end of the file: a truncated instance, which the header read does not notice
+    and no peer can parse. Reads only the element's and its fragments' headers."""
+    endian = "<" if ts.is_little_endian else ">"
+    head = fp.read(8)
+    if len(head) < 8 or struct.unpack(f"{endian}H", head[:2])[0] != 0x7FE0:
+        return  # no (Float/Double Float) Pixel Data
+    (length,) = struct.unpack(f"{endian}L", head[4:] if ts.is_implicit_VR else fp.read(4))
+    if length != 0xFFFFFFFF:
+        if fp.tell() + length > size:
+            raise ValueError(f"Pixel Data needs {length} bytes, {size - fp.tell()} remain")
+        return
+    while True:  # encapsulated: fragments up to the sequence delimiter
+        item = fp.read(8)
+        if len(item) < 8:
+            raise ValueError("encapsulated Pixel Data ends before its sequence delimiter")
+        group, elem, length = struct.unpack(f"{endian}HHL", item)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return
+        if fp.seek(length, os.SEEK_CUR) > size:
+            raise ValueError(f"a Pixel Data fragment needs {length} bytes, fewer remain")
+
+
 class Receiver:
     """One listener process's DIMSE server."""
 
@@ -151,8 +178,12 @@ class Receiver:
             metrics.STORES_FAILED.labels(reason="disk_floor").inc()
             return OUT_OF_RESOURCES
         try:
-            ds = dcmread(received, stop_before_pixels=True)
-            _check_as_sent(ds, req.AffectedSOPClassUID, sop_uid, event.context.transfer_syntax)
+            ts = event.context.transfer_syntax
+            with open(received, "rb") as fp:
+                ds = dcmread(fp, stop_before_pixels=True)
+                _check_as_sent(ds, req.AffectedSOPClassUID, sop_uid, ts)
+                if not ts.is_deflated:  # offsets in a deflated file are not the dataset's
+                    _check_pixel_data_complete(fp, ts, received.stat().st_size)
             study = str(ds.get("StudyInstanceUID", ""))
             series = str(ds.get("SeriesInstanceUID", ""))
         except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:

@@ -14,6 +14,7 @@ import os
 import queue as stdqueue
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -130,6 +131,21 @@ class Spool:
             if self._on_commit is not None:
                 self._on_commit()
         q.close()
+
+
+def sweep_partials(incoming: Path, max_age: float) -> int:
+    """Remove receive files nobody has written for `max_age` s: an association that died
+    mid-transfer (abort, full disk) leaves one, and its sender never got Success."""
+    cutoff = time.time() - max_age
+    removed = 0
+    for p in incoming.iterdir():
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass  # renamed into the spool meanwhile
+    return removed
 
 
 def recover(spool_dir: Path, queue: Queue) -> tuple[int, int]:

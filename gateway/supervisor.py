@@ -58,7 +58,7 @@ def _child_setup(cfg: Config, supervisor_pid: int) -> threading.Event:
 def listener_main(cfg: Config, index: int, supervisor_pid: int) -> None:
     from gateway.doorbell import Bell
     from gateway.receiver import Receiver
-    from gateway.spool import Spool
+    from gateway.spool import Spool, sweep_partials
 
     stop = _child_setup(cfg, supervisor_pid)
     bell = Bell(cfg.data_dir, cfg.workers.count)
@@ -72,7 +72,11 @@ def listener_main(cfg: Config, index: int, supervisor_pid: int) -> None:
     receiver = Receiver(cfg, spool)
     receiver.start()
     log.info("listening for DIMSE on %s:%d as %s", cfg.dimse.host, cfg.dimse.port, cfg.ae_title)
-    stop.wait()
+    # A live receive writes at least every network_timeout; twice that is surely dead.
+    max_age = 2 * cfg.dimse.network_timeout
+    while not stop.wait(min(60.0, max_age)):
+        if removed := sweep_partials(spool.incoming, max_age):
+            log.warning("removed %d stale partial receive(s) from the spool", removed)
     receiver.stop()
     spool.close()
 
