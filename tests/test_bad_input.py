@@ -157,7 +157,7 @@ def test_disk_floor_refuses_with_A700_and_recovers(tmp_path, small_disk, gateway
     out = storescu(gw.port, blocked, "-v")
     assert out.returncode != 0
     # dcmtk names status 0xA700 "Refused: OutOfResources"
-    assert "Refused: OutOfResources" in out.stdout, out.stdout + out.stderr
+    assert "Refused: OutOfResources" in out.stdout + out.stderr, out.stdout + out.stderr
     ready = gw.http("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["disk"]["ok"] is False
     assert "free disk below storage.min_free_mb" in gw.logs()
