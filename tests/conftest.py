@@ -55,4 +55,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: 
 
 
 def dicom_dest(scp: StoreSCP, **extra) -> dict:
-    return {"type": "dicom", "ae_title": scp.ae_title, "host": "127.0.0.1", "port": scp.port, **extra}
+    return {
+        "type": "dicom",
+        "ae_title": scp.ae_title,
+        "host": "127.0.0.1",
+        "port": scp.port,
+        **extra,
+    }

@@ -62,10 +62,14 @@ def test_refusals_are_logged_with_the_reason(gateway_factory):
     wait_for(lambda: gw.logs().count("refused association") == 3, 10, "refusal log lines")
     log = gw.logs()
     assert "(calling 'INTRUDER', called 'GATEWAY'): calling AE title not allowed" in log
-    assert "(calling 'PINNED', called 'GATEWAY'): calling AE title not allowed from 127.0.0.1" in log
+    assert (
+        "(calling 'PINNED', called 'GATEWAY'): calling AE title not allowed from 127.0.0.1" in log
+    )
     assert "called AE title not ours: expected 'GATEWAY'" in log
     metrics = gw.http("/metrics").text
-    assert 'gateway_associations_refused_total{reason="calling AE title not allowed"} 1.0' in metrics
+    assert (
+        'gateway_associations_refused_total{reason="calling AE title not allowed"} 1.0' in metrics
+    )
     assert gw.stop() == 0
 
 
@@ -192,9 +196,7 @@ def test_full_disk_write_failure_is_refused_and_recovers(tmp_path, small_disk, g
     ballast.unlink()
     assert echoscu(gw.port).returncode == 0
     assert storescu(gw.port, big).returncode == 0
-    wait_for(
-        lambda: len(list((gw.data_dir / "archive").rglob("*.dcm"))) == 2, 30, "archived after"
-    )
+    wait_for(lambda: len(list((gw.data_dir / "archive").rglob("*.dcm"))) == 2, 30, "archived after")
     incoming = gw.data_dir / "spool" / "incoming"
     wait_for(lambda: not list(incoming.iterdir()), 30, "the failed partial receive to be swept")
     assert "removed 1 stale partial receive" in gw.logs()

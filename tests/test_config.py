@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydicom import Dataset
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.rules import Candidate, load_rules
-from pydicom import Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,10 @@ def test_every_problem_named_with_file_key_and_reason(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(path, environ={})
     lines = exc.value.problems
-    assert f"{path}: dimse.port: Input should be a valid integer, unable to parse string as an integer" in lines
+    assert (
+        f"{path}: dimse.port: Input should be a valid integer, unable to parse string as an integer"
+        in lines
+    )
     assert f"{path}: dimse.colour: unknown key" in lines
     assert any(line.startswith(f"{path}: destinations.pacs.port: Field required") for line in lines)
     assert any(line.startswith(f"{path}: destinations.x:") and "ftp" in line for line in lines)

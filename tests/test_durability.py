@@ -54,12 +54,11 @@ def drained(gw) -> bool:
 
 def run_kill_cycle(tmp_path, storescp_factory, gateway_factory, count: int, kills: int) -> None:
     files = ct_series(tmp_path / "series", count, rows=128, cols=128)
-    uid_of = {
-        str(p): str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files
-    }
+    uid_of = {str(p): str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
     scp = storescp_factory()
     gw = gateway_factory(
-        {"pacs": dicom_dest(scp)}, [{"name": "all", "match": {}, "forward": ["pacs"]}],
+        {"pacs": dicom_dest(scp)},
+        [{"name": "all", "match": {}, "forward": ["pacs"]}],
         log_level="DEBUG",
     )
     gw.start()
