@@ -76,7 +76,7 @@ def run_kill_cycle(tmp_path, storescp_factory, gateway_factory, count: int, kill
         ]  # fmt: skip
         # Kill while both receiving and forwarding are in full swing.
         target = len(scp.files()) + max(20, count // (4 * kills))
-        wait_for(lambda: len(scp.files()) >= target, 120, "forwarding to start")
+        wait_for(lambda t=target: len(scp.files()) >= t, 120, "forwarding to start")
         gw.kill9()
         logs = [p.communicate(timeout=120)[0] for p in procs]
         (tmp_path / f"storescu{cycle}.log").write_text("\n=====\n".join(logs))
