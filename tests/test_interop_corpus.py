@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -37,7 +38,6 @@ from tests.peers import (
     StoreSCP,
     corpus_dir,
     dcmtk,
-    free_port,
     gateway_config,
     send_by_ts,
     start_orthanc,
@@ -128,8 +128,7 @@ PEER_REFUSES = [
 class CorpusFile:
     name: str
     path: Path
-    status: str
-    flags: set[str]
+    status: str  # MANIFEST.tsv: "ok" when pydicom reads and decodes it
     uids: set[str]  # SOP Instance UIDs in the file meta and in the dataset
 
     @property
@@ -151,8 +150,7 @@ def load_corpus() -> list[CorpusFile]:
                 str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")),
                 str(ds.get("SOPInstanceUID", "")),
             } - {""}
-            flags = set(filter(None, row["flags"].split(",")))
-            out.append(CorpusFile(row["name"], path, row["status"], flags, uids))
+            out.append(CorpusFile(row["name"], path, row["status"], uids))
     return out
 
 
@@ -277,19 +275,24 @@ class Rig:
     gw: Gateway
     scp: StoreSCP
     orthanc: Orthanc
+    corpus: list[CorpusFile]
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
 
 
 def storescu_local_refusal(path: Path) -> str | None:
-    """storescu's reason if it refuses `path` before connecting (to a port nobody serves)."""
-    r = subprocess.run(
-        [dcmtk("storescu"), "-R", "127.0.0.1", str(free_port()), str(path)],
-        env=PEER_ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """storescu's reason if it refuses `path` before connecting; None if it tries to
+    connect (to a port bound but not listening, so refused and nothing is sent)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        r = subprocess.run(
+            [dcmtk("storescu"), "-R", "127.0.0.1", str(port), str(path)],
+            env=PEER_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     text = r.stdout + r.stderr
     if "Association Request Failed" in text:
         return None
@@ -448,7 +451,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory):
         (work / "gw").mkdir()
         gw.start()
         started.append(gw)
-        rig = Rig(work, gw, scp, orthanc)
+        rig = Rig(work, gw, scp, orthanc, corpus)
         t0 = time.monotonic()
         for n, files in enumerate(rounds(corpus)):
             rig.outcomes += run_round(rig, n, files)
@@ -461,7 +464,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory):
 
 # -- the checks --------------------------------------------------------------------------
 def test_every_corpus_file_was_sent(rig: Rig):
-    assert sorted(o.file.name for o in rig.outcomes) == sorted(f.name for f in load_corpus())
+    assert sorted(o.file.name for o in rig.outcomes) == sorted(f.name for f in rig.corpus)
     n = len(rig.outcomes)
     accepted = [o for o in rig.outcomes if o.accepted]
     print(f"\n{n} files in {rig.seconds:.0f} s; {len(accepted)} accepted", end="")
