@@ -140,7 +140,7 @@ def load_corpus() -> list[CorpusFile]:
     root = corpus_dir()
     manifest = root / "MANIFEST.tsv"
     if not manifest.exists():
-        pytest.skip(f"shared corpus not built at {root}: bash ../shared/corpus/build.sh")
+        pytest.fail(f"shared corpus not built at {root}: bash ../shared/corpus/build.sh")
     out = []
     with manifest.open(newline="") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
