@@ -45,15 +45,19 @@ def dcmtk(tool: str) -> str:
     return str(path)
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process plus all its descendants; 0 when it is gone."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants; empty when it is gone."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process plus all its descendants; 0 when it is gone."""
     total = 0
-    for p in procs:
+    for p in _tree(pid):
         with contextlib.suppress(psutil.Error):  # exited between listing and reading
             total += p.memory_info().rss
     return total
@@ -61,13 +65,8 @@ def tree_rss(pid: int) -> int:
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process tree, reaped children included."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0.0
-    for p in procs:
+    for p in _tree(pid):
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
