@@ -84,23 +84,29 @@ def check(config: str | None) -> None:
 @click.option("--timeout", default=10.0, show_default=True)
 def echo(address: str, aet: str, aec: str, timeout: float) -> None:
     """C-ECHO HOST:PORT."""
-    from gateway.dimse import associate, make_ae, verification_context
+    from gateway.requestor import AssociationFailed, Lost, NoContext, StoreRequestor
 
     host, port = _host_port(address)
-    ae = make_ae(aet, max_pdu=0, acse=timeout, dimse=timeout, network=timeout)
     t0 = time.perf_counter()
-    assoc = associate(ae, host, port, aec, [verification_context()])
-    if not assoc.is_established:
-        click.echo(f"echo {aec}@{host}:{port}: association failed", err=True)
+    try:
+        assoc = StoreRequestor.open(
+            (host, port), aec, aet, [], connect_timeout=timeout, dimse_timeout=timeout
+        )
+    except AssociationFailed as exc:
+        click.echo(f"echo {aec}@{host}:{port}: association failed: {exc}", err=True)
         sys.exit(1)
-    status = assoc.send_c_echo()
+    try:
+        status = assoc.echo()
+    except (Lost, NoContext) as exc:
+        assoc.abort()
+        click.echo(f"echo {aec}@{host}:{port}: failed: {exc}", err=True)
+        sys.exit(1)
     assoc.release()
     ms = (time.perf_counter() - t0) * 1000
-    if "Status" in status and status.Status == 0:
+    if status == 0:
         click.echo(f"echo {aec}@{host}:{port}: success in {ms:.1f} ms")
         return
-    code = f"0x{status.Status:04X}" if "Status" in status else "no response"
-    click.echo(f"echo {aec}@{host}:{port}: failed ({code})", err=True)
+    click.echo(f"echo {aec}@{host}:{port}: failed (0x{status:04X})", err=True)
     sys.exit(1)
 
 
@@ -114,7 +120,7 @@ def echo(address: str, aet: str, aec: str, timeout: float) -> None:
 def send(address: str, paths: tuple[Path, ...], aet: str, aec: str, batch: int, timeout: float):
     """C-STORE files and folders (recursively) to HOST:PORT."""
     from gateway.destinations.dicom import DicomStore
-    from gateway.dimse import file_context_key
+    from gateway.dimse import file_identity
     from gateway.queue import Job
 
     host, port = _host_port(address)
@@ -130,12 +136,12 @@ def send(address: str, paths: tuple[Path, ...], aet: str, aec: str, batch: int, 
     jobs: list[Job] = []
     for i, f in enumerate(files):
         try:
-            sop_class, ts = file_context_key(f)
+            sop_class, sop_uid, ts = file_identity(f)
         except Exception as exc:
             outcomes["not DICOM / unreadable"] += 1
             failures.append(f"{f}: not sent: {exc}")
             continue
-        jobs.append(Job(i, i, "send", "", 0, 0.0, str(f), "", sop_class, ts, "", "", 0.0))
+        jobs.append(Job(i, i, "send", "", 0, 0.0, str(f), sop_uid, sop_class, ts, "", "", 0.0))
     with click.progressbar(length=len(jobs), label=f"C-STORE to {aec}@{host}:{port}") as bar:
         for start in range(0, len(jobs), batch):
             chunk = jobs[start : start + batch]

@@ -106,7 +106,7 @@ class DicomDestination(_Model):
     max_pdu: int = Field(131072, ge=0)
     concurrency: int = Field(2, ge=1, le=64)  # parallel associations at most
     connect_timeout: float = Field(10, gt=0)
-    # pynetdicom now and then drops a response; this bounds the stall before we reconnect
+    # a peer that stops answering mid-batch: the stall before we reconnect and resend
     dimse_timeout: float = Field(30, gt=0)
     retry: Retry = Retry()
 

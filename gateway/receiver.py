@@ -1,17 +1,18 @@
 """The DIMSE front-end: C-ECHO and C-STORE SCP writing into the durable spool.
 
-pynetdicom streams each received dataset to a temporary file in `spool/incoming/`
-(STORE_RECV_CHUNKED_DATASET), so memory stays flat whatever the object size. The C-STORE
-handler reads only the header, then `Spool.accept()` makes the file durable and queued;
-Success is answered only after that returns.
+Each association runs in its own thread (`gateway.association`), which copies every
+dataset from the socket to a file in `spool/incoming/`, so memory stays flat whatever the
+object size. `Receiver.store()` reads only the header, then `Spool.accept()` makes the
+file durable and queued; Success is answered only after that returns.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import socketserver
 import struct
-import tempfile
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -19,15 +20,15 @@ from typing import BinaryIO
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, UID_dictionary
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom import evt, register_uid
+from pynetdicom import register_uid
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from gateway import metrics
+from gateway.association import Association, Outcome, Peer
 from gateway.config import Config
-from gateway.dimse import VERIFICATION, GatewayServer, all_transfer_syntaxes, make_ae
+from gateway.dimse import VERIFICATION, all_transfer_syntaxes, set_nodelay
 from gateway.queue import NewInstance
 from gateway.spool import Spool, SpoolError
 
@@ -37,9 +38,11 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
 
-# A-ASSOCIATE-RJ (result permanent, source service-user, diagnostic)
+# A-ASSOCIATE-RJ (result, source, diagnostic): permanent from the service user, or
+# transient from the service provider (presentation) for too many associations.
 _REJECT_CALLING = (0x01, 0x01, 0x03)
 _REJECT_CALLED = (0x01, 0x01, 0x07)
+_REJECT_BUSY = (0x02, 0x03, 0x02)
 
 
 # Not network storage: DICOMDIR is media-only (PS3.10); Storage Commitment is its own service.
@@ -117,144 +120,158 @@ def _check_pixel_data_complete(fp: BinaryIO, ts: UID, size: int) -> None:
             raise ValueError(f"a Pixel Data fragment needs {length} bytes, fewer remain")
 
 
+class _Server(socketserver.ThreadingTCPServer):
+    """Accept loop: TCP_NODELAY on each connection, SO_REUSEPORT on bind.
+
+    SO_REUSEPORT lets several listener processes share one port; the kernel spreads new
+    connections over them, so ingest is not capped by one process's GIL.
+    """
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+        self.receiver = receiver
+        super().__init__(address, socketserver.BaseRequestHandler)
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def finish_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
+        set_nodelay(request)
+        self.receiver.serve(request, client_address[0])
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        pass  # Association.run() closes its socket
+
+
 class Receiver:
-    """One listener process's DIMSE server."""
+    """One listener process's DIMSE server: association policy and durable store."""
 
     def __init__(self, cfg: Config, spool: Spool) -> None:
         self.cfg = cfg
         self.spool = spool
         self.allowed = cfg.dimse.calling_aets()
         self.any_calling = any(a.ae_title == "*" for a in self.allowed)
-        self._server: GatewayServer | None = None
+        self.contexts = storage_contexts(cfg)
+        self.accept_unknown = cfg.dimse.accept_unknown_sop_classes
+        self.max_pdu = cfg.dimse.max_pdu
+        self.max_associations = 64
+        self._server: _Server | None = None
+        self._lock = threading.Lock()
+        self._active: set[threading.Thread] = set()
 
     # -- association control ----------------------------------------------------------
-    def on_requested(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        rq = assoc.requestor
-        calling = str(rq.primitive.calling_ae_title).strip()
-        called = str(rq.primitive.called_ae_title).strip()
-        address = rq.address
-        reason, rsd = self._refusal(calling, called, address)
-        if reason:
-            log.warning(
-                "refused association from %s (calling %r, called %r): %s",
-                address,
-                calling,
-                called,
-                reason,
-            )
-            metrics.ASSOCIATIONS_REFUSED.labels(reason=reason.split(":")[0]).inc()
-            assoc.acse.send_reject(*rsd)
-            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+    def serve(self, sock: socket.socket, address: str) -> None:
+        d = self.cfg.dimse
+        me = threading.current_thread()
+        with self._lock:
+            self._active.add(me)
+        try:
+            Association(self, sock, address, (d.acse_timeout, d.network_timeout)).run()
+        finally:
+            with self._lock:
+                self._active.discard(me)
 
-    def _refusal(self, calling: str, called: str, address: str) -> tuple[str, tuple[int, ...]]:
+    def refusal(self, peer: Peer) -> tuple[str, tuple[int, int, int]]:
+        reason, rsd = self._refusal(peer.calling_ae, peer.called_ae, peer.address)
+        if not reason and len(self._active) > self.max_associations:
+            reason, rsd = f"more than {self.max_associations} associations", _REJECT_BUSY
+        if reason:
+            metrics.ASSOCIATIONS_REFUSED.labels(reason=reason.split(":")[0]).inc()
+        return reason, rsd
+
+    def _refusal(self, calling: str, called: str, address: str) -> tuple[str, tuple[int, int, int]]:
         if self.cfg.dimse.check_called_aet and called != self.cfg.ae_title:
             return f"called AE title not ours: expected {self.cfg.ae_title!r}", _REJECT_CALLED
         if self.any_calling:
-            return "", ()
+            return "", _REJECT_CALLING
         entries = [a for a in self.allowed if a.ae_title == calling]
         if not entries:
             return "calling AE title not allowed", _REJECT_CALLING
         if not any(a.admits(address) for a in entries):
             return f"calling AE title not allowed from {address}", _REJECT_CALLING
-        return "", ()
+        return "", _REJECT_CALLING
 
-    # -- services ---------------------------------------------------------------------
-    def on_echo(self, event: evt.Event) -> int:
-        return SUCCESS
+    # -- C-STORE ----------------------------------------------------------------------
+    def new_file(self) -> Path:
+        return self.spool.temp_path()
 
-    def on_store(self, event: evt.Event) -> int:
-        req = event.request
-        sop_uid = str(req.AffectedSOPInstanceUID)
-        rq = event.assoc.requestor
-        received = Path(event.dataset_path)
-        if not self.spool.has_room():
-            log.error(
-                "refused %s from %s: free disk below storage.min_free_mb (%s MB): 0xA700",
-                sop_uid,
-                rq.ae_title,
-                self.cfg.storage.min_free_mb,
-            )
-            metrics.STORES_FAILED.labels(reason="disk_floor").inc()
-            return OUT_OF_RESOURCES
+    def admits_store(self) -> Outcome | None:
+        if self.spool.has_room():
+            return None
+        log.error(
+            "refusing C-STORE: free disk below storage.min_free_mb (%s MB): 0xA700",
+            self.cfg.storage.min_free_mb,
+        )
+        metrics.STORES_FAILED.labels(reason="disk_floor").inc()
+        return Outcome(OUT_OF_RESOURCES, "gateway disk below its free-space floor")
+
+    def store(self, peer: Peer, received: Path, sop_class: str, sop_uid: str, ts: str) -> Outcome:
+        flushed = self.spool.begin(received)  # the fsync runs while the header is read
+        syntax = UID(ts)
+        size = received.stat().st_size
         try:
-            ts = event.context.transfer_syntax
             with open(received, "rb") as fp:
                 ds = dcmread(fp, stop_before_pixels=True)
-                _check_as_sent(ds, req.AffectedSOPClassUID, sop_uid, ts)
-                if not ts.is_deflated:  # offsets in a deflated file are not the dataset's
-                    _check_pixel_data_complete(fp, ts, received.stat().st_size)
+                _check_as_sent(ds, sop_class, sop_uid, syntax)
+                if not syntax.is_deflated:  # offsets in a deflated file are not the dataset's
+                    _check_pixel_data_complete(fp, syntax, size)
             study = str(ds.get("StudyInstanceUID", ""))
             series = str(ds.get("SeriesInstanceUID", ""))
         except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
             if self.cfg.dimse.unparseable == "reject":
-                log.error("refused %s from %s: dataset unreadable: %s", sop_uid, rq.ae_title, exc)
+                log.error(
+                    "refused %s from %s: dataset unreadable: %s", sop_uid, peer.calling_ae, exc
+                )
                 metrics.STORES_FAILED.labels(reason="unparseable").inc()
-                return CANNOT_UNDERSTAND
-            log.warning("keeping unreadable %s from %s as received: %s", sop_uid, rq.ae_title, exc)
+                return Outcome(CANNOT_UNDERSTAND, f"dataset unreadable: {exc}")
+            log.warning(
+                "keeping unreadable %s from %s as received: %s", sop_uid, peer.calling_ae, exc
+            )
             study = series = ""
-        size = received.stat().st_size
         item = NewInstance(
             sop_instance_uid=sop_uid,
-            sop_class_uid=str(req.AffectedSOPClassUID),
-            transfer_syntax=str(event.context.transfer_syntax),
+            sop_class_uid=sop_class,
+            transfer_syntax=ts,
             study_uid=study,
             series_uid=series,
             path="",
             size=size,
-            calling_ae=rq.ae_title.strip(),
+            calling_ae=peer.calling_ae,
             called_ae=self.cfg.ae_title,
-            source=rq.address,
+            source=peer.address,
         )
         try:
-            self.spool.accept(received, item)
+            self.spool.accept(received, item, flushed)
         except SpoolError as exc:
-            log.error("refused %s from %s: %s: 0xA700", sop_uid, rq.ae_title, exc)
+            log.error("refused %s from %s: %s: 0xA700", sop_uid, peer.calling_ae, exc)
             metrics.STORES_FAILED.labels(reason="write").inc()
-            return OUT_OF_RESOURCES
+            return Outcome(OUT_OF_RESOURCES, "gateway could not store the instance")
         metrics.RECEIVED.labels(calling_ae=item.calling_ae).inc()
         metrics.RECEIVED_BYTES.inc(size)
         log.debug("stored %s (%d bytes) from %s", sop_uid, size, item.calling_ae)
-        return SUCCESS
+        return Outcome(SUCCESS)
 
     # -- server -----------------------------------------------------------------------
-    def start(self) -> GatewayServer:
+    def start(self) -> None:
         """Bind and serve in a background thread; `stop()` shuts down."""
         d = self.cfg.dimse
-        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
-        pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = d.accept_unknown_sop_classes
-        # pynetdicom writes its chunk file with NamedTemporaryFile: keep it on the spool's
-        # file system so the rename into the spool is atomic.
-        tempfile.tempdir = str(self.spool.incoming)
-        ae = make_ae(
-            self.cfg.ae_title,
-            max_pdu=d.max_pdu,
-            acse=d.acse_timeout,
-            dimse=d.dimse_timeout,
-            network=d.network_timeout,
-        )
-        ae.maximum_associations = 64
-        handlers = [
-            (evt.EVT_REQUESTED, self.on_requested),
-            (evt.EVT_C_ECHO, self.on_echo),
-            (evt.EVT_C_STORE, self.on_store),
-        ]
-        server = ae.make_server(
-            (d.host, d.port),
-            contexts=storage_contexts(self.cfg),
-            evt_handlers=handlers,
-            server_class=GatewayServer,
-        )
-        ae._servers.append(server)  # make_server doesn't; server.shutdown() expects it
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True).start()
-        return server
+        self._server = _Server((d.host, d.port), self)
+        threading.Thread(
+            target=self._server.serve_forever, name="dimse-accept", daemon=True
+        ).start()
 
     def stop(self) -> None:
         """Stop accepting, then let in-flight associations finish (bounded)."""
         if self._server is None:
             return
-        server = self._server
-        server.shutdown()
-        for assoc in list(server.active_associations):
-            assoc.join(timeout=self.cfg.dimse.network_timeout)
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            active = list(self._active)
+        for thread in active:
+            thread.join(timeout=self.cfg.dimse.network_timeout)

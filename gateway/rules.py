@@ -67,6 +67,11 @@ class RuleSet:
     rules: tuple[Rule, ...] = ()
     files: tuple[str, ...] = field(default=())
 
+    @property
+    def reads_tags(self) -> bool:
+        """Whether routing needs the header; when not, the worker skips reading it."""
+        return any(rule.match for rule in self.rules)
+
     def route(self, c: Candidate) -> list[Decision]:
         out = []
         for rule in self.rules:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +32,14 @@ class SpoolError(Exception):
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -68,6 +76,7 @@ class Spool:
         )
         self._thread = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
         self._thread.start()
+        self._flusher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-fsync")
 
     def has_room(self) -> bool:
         return free_mb(self.objects) >= self.min_free_mb
@@ -76,16 +85,22 @@ class Spool:
         """A fresh path in `incoming/` (same file system as `objects/`, so rename is atomic)."""
         return self.incoming / f"{uuid.uuid4().hex}.part"
 
-    def accept(self, received: Path, item: NewInstance) -> int:
-        """Make `received` durable and queued; returns the queue id. Raises SpoolError."""
+    def begin(self, received: Path) -> Future[None]:
+        """Start flushing `received` to disk; the caller reads its header meanwhile (the
+        fsync is the longest step of a receive, and it does not hold the GIL)."""
+        if not self.fsync:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        return self._flusher.submit(_fsync_file, received)
+
+    def accept(self, received: Path, item: NewInstance, flushed: Future[None] | None = None) -> int:
+        """Make `received` durable and queued; returns the queue id. Raises SpoolError.
+
+        `flushed` is `begin(received)` when the caller started the flush already."""
         final = self.objects / f"{uuid.uuid4().hex}.dcm"
         try:
-            if self.fsync:
-                fd = os.open(received, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            (flushed or self.begin(received)).result()
             os.rename(received, final)
         except OSError as exc:
             raise SpoolError(f"cannot write spool file: {exc}") from exc
@@ -98,6 +113,7 @@ class Spool:
             raise SpoolError(f"cannot commit queue row: {exc}") from exc
 
     def close(self) -> None:
+        self._flusher.shutdown(wait=True)
         self._pending.put(None)
         self._thread.join(timeout=10)
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 1.0  # upper bound on a sleep: rule files and expired leases get noticed
 ROUTE_BATCH = 200
+BATCH_LINGER_S = 0.05
 
 
 class LeaseHeartbeat:
@@ -59,7 +60,7 @@ class LeaseHeartbeat:
 
 
 class Worker:
-    def __init__(self, cfg: Config, name: str, wait: Callable[[float], object]) -> None:
+    def __init__(self, cfg: Config, name: str, wait: Callable[[float], bool]) -> None:
         self.cfg = cfg
         self.name = name
         self.wait = wait
@@ -89,8 +90,10 @@ class Worker:
                 continue
             due = self.queue.next_due()
             timeout = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - time.time()))
-            if timeout > 0:
-                self.wait(timeout)
+            if timeout > 0 and self.wait(timeout):
+                # Woken by a commit: while a sender streams, let a batch gather rather than
+                # spend four queue transactions (each an fsync) on every single instance.
+                stop.wait(BATCH_LINGER_S)
 
     def step(self) -> bool:
         """Do one unit of work; False when nothing was due."""
@@ -99,20 +102,22 @@ class Worker:
 
     # -- routing ----------------------------------------------------------------------
     def route(self) -> bool:
-        if self.rules is None:
+        rules = self.rules
+        if rules is None:
             return False
         batch = self.queue.lease_unrouted(self.name, ROUTE_BATCH, self.cfg.workers.lease_seconds)
+        decisions = []
         for inst in batch:
-            try:
-                ds = dcmread(inst.path, stop_before_pixels=True, force=True)
-            except Exception as exc:  # unreadable kept-as-received file: rules see no tags
-                log.warning(
-                    "instance %s: header unreadable for rules: %s", inst.sop_instance_uid, exc
-                )
-                ds = Dataset()
-            cand = Candidate(ds, inst.calling_ae, inst.called_ae, inst.source)
-            decisions = self.rules.route(cand)
-            routes = [Route(d, dec.rule) for dec in decisions for d in dec.destinations]
+            ds = Dataset()
+            if rules.reads_tags:
+                try:
+                    ds = dcmread(inst.path, stop_before_pixels=True, force=True)
+                except Exception as exc:  # unreadable kept-as-received file: rules see no tags
+                    log.warning(
+                        "instance %s: header unreadable for rules: %s", inst.sop_instance_uid, exc
+                    )
+            matched = rules.route(Candidate(ds, inst.calling_ae, inst.called_ae, inst.source))
+            routes = [Route(d, dec.rule) for dec in matched for d in dec.destinations]
             if not routes:
                 log.warning(
                     "instance %s from %s matched no rule; kept in the spool (queue purge"
@@ -120,9 +125,9 @@ class Worker:
                     inst.sop_instance_uid,
                     inst.calling_ae,
                 )
-            self.queue.set_routes(
-                inst.id, routes, note=", ".join(d.rule for d in decisions) or "no rule matched"
-            )
+            note = ", ".join(d.rule for d in matched) or "no rule matched"
+            decisions.append((inst.id, routes, note))
+        self.queue.set_routes(decisions)
         return bool(batch)
 
     # -- delivery ---------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_permanent_failure_dead_letters_and_queue_retry_delivers_after_fix(
     wait_for(lambda: jobs_in(gw, "dead") == 2, 60, "max attempts to dead-letter")
     dead = json.loads(gw.cli("queue", "dead", "--json").stdout)
     assert sorted(d["attempts"] for d in dead) == [1, 3]
-    assert any("no answer" in d["last_error"] for d in dead)
+    assert any("cannot connect" in d["last_error"] for d in dead)
     assert metric(gw, "gateway_dead_lettered_total", '{destination="pacs"}') == 2
     # 3. Fixed: a peer accepting everything; `queue retry` delivers both.
     fixed = start_storescp(tmp_path / "fixed", port=port)

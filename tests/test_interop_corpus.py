@@ -68,7 +68,7 @@ NOT_SENDABLE = {
         " (dimse.accept_unknown_sop_classes is false)",
     ),
     r"pydicom/test_files/empty_charset_LEI\.dcm": (
-        r"required file meta information elements are missing",
+        r"gateway send: not sent: no SOP Class UID or SOP Instance UID",
         "no SOP Class or Instance UID anywhere (file meta or dataset): no C-STORE request"
         " can be built",
     ),

@@ -32,18 +32,31 @@ class ArchiveStore:
         return self.root / job.study_uid / job.series_uid / f"{job.sop_instance_uid}.dcm"
 
     def send(self, jobs: list[Job]) -> dict[int, DeliveryError | None]:
+        """Place every file, then fsync each folder touched once for the whole batch:
+        nothing is reported delivered before its directory entry is durable."""
         out: dict[int, DeliveryError | None] = {}
+        folders: dict[Path, list[int]] = {}  # folder to fsync -> jobs depending on it
         for job in jobs:
             try:
-                self._store(job)
+                for folder in self._store(job):
+                    folders.setdefault(folder, []).append(job.id)
                 out[job.id] = None
             except DeliveryError as exc:
                 out[job.id] = exc
             except OSError as exc:
                 out[job.id] = TransientError(f"archive write failed: {exc}")
+        if self.fsync:
+            # Deepest first: a new folder's entry in its parent comes after its contents.
+            for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+                try:
+                    fsync_dir(folder)
+                except OSError as exc:
+                    for job_id in folders[folder]:
+                        out[job_id] = TransientError(f"archive fsync failed: {exc}")
         return out
 
-    def _store(self, job: Job) -> None:
+    def _store(self, job: Job) -> list[Path]:
+        """Place one file; returns the folders whose entries changed (to be fsync'd)."""
         target = self.path_for(job)
         created = []  # a new folder is durable only once its parent is fsync'd too
         for folder in (target.parent.parent, target.parent):
@@ -60,9 +73,7 @@ class ArchiveStore:
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
         os.replace(tmp, target)  # same SOP Instance UID again: replaced, idempotent
-        if self.fsync:
-            for folder in (target.parent, *reversed(created)):
-                fsync_dir(folder)
+        return [target.parent, *created]
 
     def close(self) -> None:
         pass

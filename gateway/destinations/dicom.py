@@ -1,23 +1,20 @@
-"""DICOM C-STORE destination (PACS, AI engine) over pynetdicom.
+"""DICOM C-STORE destination (PACS, AI engine).
 
 One association per batch; one presentation context per (SOP class, transfer syntax)
 proposing exactly the file's own syntax, so files are sent as stored, never decoded
-(STORE_SEND_CHUNKED_DATASET). A dropped association mid-batch (a known pynetdicom race,
-or a peer restart) is reopened once and the unconfirmed instances are resent.
+(`gateway.requestor` frames the file's bytes). A dropped association mid-batch (a peer
+restart, a timeout) is reopened once and the unconfirmed instances are resent.
 """
 
 from __future__ import annotations
 
 import logging
-
-from pydicom import Dataset
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom.association import Association
+from pathlib import Path
 
 from gateway.config import DicomDestination
-from gateway.dimse import associate, contexts_for, make_ae, verification_context
 from gateway.errors import DeliveryError, PermanentError, TransientError
 from gateway.queue import Job
+from gateway.requestor import AssociationFailed, Lost, NoContext, NotPart10, StoreRequestor
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +45,24 @@ class DicomStore:
         self.name = name
         self.spec = spec
         self.calling_ae = calling_ae
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
-    def _open(self, jobs: list[Job]) -> Association:
+    def _open(self, jobs: list[Job]) -> StoreRequestor:
         s = self.spec
-        ae = make_ae(
-            self.calling_ae,
-            max_pdu=s.max_pdu,
-            acse=s.connect_timeout,
-            dimse=s.dimse_timeout,
-            network=s.dimse_timeout,
-        )
-        keys = [(j.sop_class_uid, j.transfer_syntax) for j in jobs]
-        # Verification rides along: a peer that takes none of the files' contexts then still
-        # accepts the association, and each file fails alone with "no accepted context"
-        # (permanent) instead of the whole batch looking like an outage (transient).
-        contexts = [*contexts_for(keys), verification_context()]
-        assoc = associate(ae, s.host, s.port, s.ae_title, contexts)
-        if not assoc.is_established:
-            why = (
-                "rejected"
-                if assoc.is_rejected
-                else f"no answer within {s.connect_timeout:g} s (down, busy or aborted)"
+        # Verification rides along (the requestor adds it): a peer that takes none of the
+        # files' contexts then still accepts, and each file fails alone with "no accepted
+        # context" (permanent) instead of the whole batch looking like an outage.
+        try:
+            return StoreRequestor.open(
+                (s.host, s.port),
+                s.ae_title,
+                self.calling_ae,
+                [(j.sop_class_uid, j.transfer_syntax) for j in jobs],
+                max_pdu=s.max_pdu,
+                connect_timeout=s.connect_timeout,
+                dimse_timeout=s.dimse_timeout,
             )
-            raise TransientError(f"association with {s.ae_title}@{s.host}:{s.port} failed: {why}")
-        return assoc
+        except AssociationFailed as exc:
+            raise TransientError(f"association failed: {exc}") from exc
 
     def send(self, jobs: list[Job]) -> dict[int, DeliveryError | None]:
         out: dict[int, DeliveryError | None] = {}
@@ -83,6 +73,7 @@ class DicomStore:
     def _send_chunk(self, jobs: list[Job], out: dict[int, DeliveryError | None]) -> None:
         todo = list(jobs)
         reconnects = 0
+        lost: Lost | None = None
         while todo:
             try:
                 assoc = self._open(todo)
@@ -94,52 +85,54 @@ class DicomStore:
                 while todo:
                     job = todo[0]
                     result = self._send_one(assoc, job)
-                    if result is _LOST:
+                    if isinstance(result, Lost):
+                        lost = result
                         break
                     out[job.id] = result
                     todo.pop(0)
             finally:
-                if assoc.is_established:
-                    assoc.release()
-                else:
+                if todo:
                     assoc.abort()
+                else:
+                    assoc.release()
             if todo:
                 reconnects += 1
                 if reconnects > RECONNECTS_PER_BATCH:
                     err = TransientError(
-                        f"association with {self.spec.ae_title} lost; no response for "
-                        f"{todo[0].sop_instance_uid}"
+                        f"association with {self.spec.ae_title} lost twice; "
+                        f"{todo[0].sop_instance_uid} unconfirmed: {lost}"
                     )
                     for job in todo:
                         out[job.id] = err
                     return
                 log.warning(
-                    "%s: association lost before %s was confirmed; reconnecting",
+                    "%s: association lost before %s was confirmed (%s); reconnecting",
                     self.name,
                     todo[0].sop_instance_uid,
+                    lost,
                 )
 
-    def _send_one(self, assoc: Association, job: Job):
+    def _send_one(self, assoc: StoreRequestor, job: Job) -> DeliveryError | Lost | None:
         try:
-            status: Dataset = assoc.send_c_store(job.path)
-        except ValueError as exc:  # no accepted presentation context for this file
+            status, comment = assoc.store(
+                Path(job.path), job.sop_class_uid, job.sop_instance_uid, job.transfer_syntax
+            )
+        except NoContext:
             return PermanentError(
                 f"{self.spec.ae_title} accepts no context for SOP class {job.sop_class_uid} "
-                f"in transfer syntax {job.transfer_syntax}: {exc}"
+                f"in transfer syntax {job.transfer_syntax}"
             )
-        except (OSError, AttributeError) as exc:
+        except (OSError, NotPart10) as exc:
             return PermanentError(f"cannot send spool file {job.path}: {exc}")
-        except RuntimeError:  # association no longer established
-            return _LOST
-        if "Status" not in status:
-            return _LOST  # timeout or abort: unconfirmed, resend on a new association
-        return classify(int(status.Status))
+        except Lost as exc:
+            return exc  # unconfirmed: resend on a new association
+        error = classify(status)
+        if error is not None and comment:
+            return type(error)(f"{error}: {comment}")
+        return error
 
     def close(self) -> None:
         pass
-
-
-_LOST = object()
 
 
 def _by_context_limit(jobs: list[Job]) -> list[list[Job]]:
