@@ -34,6 +34,7 @@ from pynetdicom.presentation import (
 )
 
 from gateway import ul
+from gateway.spool import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +340,8 @@ class Association:
         error = self.reader.copy(n, incoming.file)
         if error is not None:
             self._write_failed(incoming, error)
+        elif incoming.file is not None:
+            start_writeback(incoming.file.fileno())
         if not mch & ul.MCH_LAST:
             return
         self._incoming = None
