@@ -320,39 +320,57 @@ def run_mode(mode: str, files: list[Path], n_assoc: int, args, work: Path) -> li
         d.mkdir(parents=True)
         return d
 
-    print(f"  {mode}: storescp ...", file=sys.stderr, flush=True)
-    d = fresh("storescp")
-    with storescp(d, fork) as rx:
-        rows.append(ingest_row("storescp", mode, rx, chunks, size, d))
-    shutil.rmtree(d, ignore_errors=True)
+    def best(case: str, measure: Callable[[Path], Row]) -> None:
+        """Best of `--repeat` runs, each on a fresh receiver and folder: a shared 2-core
+        VM's neighbours add noise in both directions; problems of every run are kept."""
+        print(f"  {mode}: {case} ...", file=sys.stderr, flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            d = fresh(case.replace(" ", "-"))
+            runs.append(measure(d))
+            shutil.rmtree(d, ignore_errors=True)
+        top = max(runs, key=lambda r: r.per_s)
+        top.notes = list(dict.fromkeys(n for r in runs for n in r.notes))
+        if len(runs) > 1:
+            top.notes.append("runs: " + ", ".join(f"{r.per_s:.0f}" for r in runs) + " inst/s")
+        rows.append(top)
 
-    print(f"  {mode}: orthanc ...", file=sys.stderr, flush=True)
-    d = fresh("orthanc")
-    with orthanc(d) as rx:
-        rows.append(ingest_row("orthanc", mode, rx, chunks, size, d))
-    shutil.rmtree(d, ignore_errors=True)
+    def storescp_run(d: Path) -> Row:
+        with storescp(d, fork) as rx:
+            return ingest_row("storescp", mode, rx, chunks, size, d)
 
-    print(f"  {mode}: gateway ingest ...", file=sys.stderr, flush=True)
-    d = fresh("gateway-ingest")
-    archive = {"archive": {"type": "archive"}}
-    rules = [{"name": "bench-archive", "match": {}, "forward": ["archive"]}]
-    with gateway(d, args, archive, rules) as (gw, rx):
-        rows.append(ingest_row("gateway ingest", mode, rx, chunks, size, d))
-    keep_log(gw, work, f"{mode}-ingest", rows[-1])
-    shutil.rmtree(d, ignore_errors=True)
+    def orthanc_run(d: Path) -> Row:
+        with orthanc(d) as rx:
+            return ingest_row("orthanc", mode, rx, chunks, size, d)
 
-    print(f"  {mode}: gateway end-to-end ...", file=sys.stderr, flush=True)
-    d = fresh("gateway-e2e")
-    with storescp(d / "dest", fork=True) as dest:
-        pacs = {
-            "pacs": {"type": "dicom", "ae_title": dest.aec, "host": "127.0.0.1", "port": dest.port}
-        }
-        rules = [{"name": "bench-forward", "match": {}, "forward": ["pacs"]}]
-        with gateway(d, args, pacs, rules) as (gw, rx):
-            rows.append(e2e_row(mode, rx, d / "dest" / "storescp", chunks, size, d))
-    keep_log(gw, work, f"{mode}-e2e", rows[-1])
-    shutil.rmtree(d, ignore_errors=True)
+    def ingest_run(d: Path) -> Row:
+        archive = {"archive": {"type": "archive"}}
+        rules = [{"name": "bench-archive", "match": {}, "forward": ["archive"]}]
+        with gateway(d, args, archive, rules) as (gw, rx):
+            row = ingest_row("gateway ingest", mode, rx, chunks, size, d)
+        keep_log(gw, work, f"{mode}-ingest", row)
+        return row
 
+    def e2e_run(d: Path) -> Row:
+        with storescp(d / "dest", fork=True) as dest:
+            pacs = {
+                "pacs": {
+                    "type": "dicom",
+                    "ae_title": dest.aec,
+                    "host": "127.0.0.1",
+                    "port": dest.port,
+                }
+            }
+            rules = [{"name": "bench-forward", "match": {}, "forward": ["pacs"]}]
+            with gateway(d, args, pacs, rules) as (gw, rx):
+                row = e2e_row(mode, rx, d / "dest" / "storescp", chunks, size, d)
+        keep_log(gw, work, f"{mode}-e2e", row)
+        return row
+
+    best("storescp", storescp_run)
+    best("orthanc", orthanc_run)
+    best("gateway ingest", ingest_run)
+    best("gateway e2e", e2e_run)
     judge(rows, mode, size)
     return rows
 
@@ -433,16 +451,19 @@ def load() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--count", type=int, default=500, help="CT slices (default 500)")
-    ap.add_argument("--quick", action="store_true", help="50 slices, skip large objects")
+    ap.add_argument(
+        "--quick", action="store_true", help="50 slices, one run per row, no large objects"
+    )
     ap.add_argument("--listeners", type=int, default=2, help="gateway dimse.listeners (2)")
     ap.add_argument("--workers", type=int, default=2, help="gateway workers.count (2)")
     ap.add_argument("--large-count", type=int, default=16, help="large objects (16 x 8 MiB)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row, best kept (3)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--work", type=Path, help="work folder (default: a new temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args(argv)
     if args.quick:
-        args.count = 50
+        args.count, args.repeat = 50, 1
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
