@@ -14,7 +14,6 @@ States:
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -463,17 +462,3 @@ class Queue:
 
     def known_paths(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT path FROM instances")}
-
-    def drop_unrouted_missing(self) -> list[str]:
-        """Remove not-yet-routed rows whose spool file is gone; returns their SOP UIDs.
-
-        Only a power cut between the row's commit and its folder's fsync (they run side by
-        side) leaves one, and its sender never got Success for it."""
-        rows = self.conn.execute(
-            "SELECT id, path, sop_instance_uid FROM instances WHERE state = 'new'"
-        ).fetchall()
-        gone = [(i, uid) for i, path, uid in rows if not os.path.exists(path)]
-        if gone:
-            with _write(self.conn) as c:
-                c.executemany("DELETE FROM instances WHERE id = ?", [(i,) for i, _ in gone])
-        return [uid for _, uid in gone]

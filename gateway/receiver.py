@@ -211,7 +211,6 @@ class Receiver:
         return Outcome(OUT_OF_RESOURCES, "gateway disk below its free-space floor")
 
     def store(self, peer: Peer, received: Path, sop_class: str, sop_uid: str, ts: str) -> Outcome:
-        flushed = self.spool.begin(received)  # the fsync runs while the header is read
         syntax = UID(ts)
         size = received.stat().st_size
         try:
@@ -246,7 +245,7 @@ class Receiver:
             source=peer.address,
         )
         try:
-            self.spool.accept(received, item, flushed)
+            self.spool.accept(received, item)
         except SpoolError as exc:
             log.error("refused %s from %s: %s: 0xA700", sop_uid, peer.calling_ae, exc)
             metrics.STORES_FAILED.labels(reason="write").inc()

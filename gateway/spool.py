@@ -1,10 +1,10 @@
 """The spool: where a received file becomes durable before the sender hears Success.
 
-`Spool.accept()` fsyncs the received file, renames it into `spool/objects/`, and hands the
-queue row to a committer thread. The committer groups whatever arrived meanwhile from
-concurrent associations: one directory fsync and one SQLite commit for the group. Only
-when that commit returns does `accept()` return; any failure raises `SpoolError`, the
-renamed file is removed again, and the front-end answers 0xA700.
+`Spool.accept()` fsyncs the received file (whose writeback `start_writeback()` began while
+it arrived), renames it into `spool/objects/`, and commits its queue row together with
+whatever concurrent associations queued meanwhile: one directory fsync and one SQLite
+commit for the group. Only when that commit returns does `accept()` return; any failure
+raises `SpoolError`, the renamed file is removed again, and the front-end answers 0xA700.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import queue as stdqueue
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.queue import NewInstance, Queue
@@ -72,8 +70,22 @@ def free_mb(path: Path) -> float:
     return st.f_bavail * st.f_frsize / (1024 * 1024)
 
 
+@dataclass
+class _Waiter:
+    item: NewInstance
+    done: bool = False
+    id: int = 0
+    error: Exception | None = None
+
+
 class Spool:
-    """Durable placement of received files plus the group commit of their queue rows."""
+    """Durable placement of received files plus the group commit of their queue rows.
+
+    Group commit without a committer thread: the first association to arrive with nothing
+    being committed becomes the leader, commits every row queued meanwhile (one folder
+    fsync, one SQLite commit) and wakes the others. A lone sender's instance never waits
+    for another thread; concurrent ones share the fsyncs.
+    """
 
     def __init__(
         self,
@@ -90,14 +102,11 @@ class Spool:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.min_free_mb = min_free_mb
         self.fsync = fsync
-        self._db_path = db_path
         self._on_commit = on_commit  # e.g. wake the workers
-        self._pending: stdqueue.SimpleQueue[tuple[NewInstance, Future[int]] | None] = (
-            stdqueue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
-        self._thread.start()
-        self._flusher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-fsync")
+        self._queue = Queue(db_path, fsync=fsync)  # used by the current leader only
+        self._cond = threading.Condition()
+        self._waiting: list[_Waiter] = []
+        self._leading = False
 
     def has_room(self) -> bool:
         return free_mb(self.objects) >= self.min_free_mb
@@ -106,74 +115,50 @@ class Spool:
         """A fresh path in `incoming/` (same file system as `objects/`, so rename is atomic)."""
         return self.incoming / f"{uuid.uuid4().hex}.part"
 
-    def begin(self, received: Path) -> Future[None]:
-        """Start flushing `received` to disk; the caller reads its header meanwhile (the
-        fsync is the longest step of a receive, and it does not hold the GIL)."""
-        if not self.fsync:
-            done: Future[None] = Future()
-            done.set_result(None)
-            return done
-        return self._flusher.submit(_fsync_file, received)
-
-    def accept(self, received: Path, item: NewInstance, flushed: Future[None] | None = None) -> int:
-        """Make `received` durable and queued; returns the queue id. Raises SpoolError.
-
-        `flushed` is `begin(received)` when the caller started the flush already."""
+    def accept(self, received: Path, item: NewInstance) -> int:
+        """Make `received` durable and queued; returns the queue id. Raises SpoolError."""
         final = self.objects / f"{uuid.uuid4().hex}.dcm"
         try:
-            (flushed or self.begin(received)).result()
+            if self.fsync:
+                _fsync_file(received)
             os.rename(received, final)
         except OSError as exc:
             raise SpoolError(f"cannot write spool file: {exc}") from exc
-        future: Future[int] = Future()
-        self._pending.put((replace(item, path=str(final)), future))
-        try:
-            return future.result()
-        except Exception as exc:
+        me = _Waiter(replace(item, path=str(final)))
+        with self._cond:
+            self._waiting.append(me)
+            while not me.done and self._leading:
+                self._cond.wait()
+            if not me.done:
+                self._leading = True
+                group, self._waiting = self._waiting, []
+        if not me.done:
+            self._lead(group)
+        if me.error is not None:
             final.unlink(missing_ok=True)
-            raise SpoolError(f"cannot commit queue row: {exc}") from exc
+            raise SpoolError(f"cannot commit queue row: {me.error}") from me.error
+        return me.id
+
+    def _lead(self, group: list[_Waiter]) -> None:
+        try:
+            if self.fsync:
+                fsync_dir(self.objects)
+            ids = self._queue.add_instances([w.item for w in group])
+        except Exception as exc:  # every waiter gets the failure, none is left hanging
+            log.error("spool commit of %d instance(s) failed: %s", len(group), exc)
+            ids, error = [0] * len(group), exc
+        else:
+            error = None
+        with self._cond:
+            for w, iid in zip(group, ids, strict=True):
+                w.id, w.error, w.done = iid, error, True
+            self._leading = False
+            self._cond.notify_all()
+        if error is None and self._on_commit is not None:
+            self._on_commit()
 
     def close(self) -> None:
-        self._pending.put(None)
-        self._thread.join(timeout=10)
-        self._flusher.shutdown(wait=True)
-
-    def _commit_loop(self) -> None:
-        q = Queue(self._db_path, fsync=self.fsync)
-        while True:
-            first = self._pending.get()
-            if first is None:
-                break
-            group = [first]
-            while True:
-                try:
-                    more = self._pending.get_nowait()
-                except stdqueue.Empty:
-                    break
-                if more is None:
-                    self._pending.put(None)
-                    break
-                group.append(more)
-            try:
-                # The folder's fsync (the renames) and the row commit run side by side:
-                # Success waits for both, and recover() drops a row whose file a power cut
-                # took before the folder was synced.
-                dir_synced = self._flusher.submit(fsync_dir, self.objects) if self.fsync else None
-                try:
-                    ids = q.add_instances([item for item, _ in group])
-                finally:
-                    if dir_synced is not None:
-                        dir_synced.result()
-            except Exception as exc:  # every waiter gets the failure, none is left hanging
-                log.error("spool commit of %d instance(s) failed: %s", len(group), exc)
-                for _, fut in group:
-                    fut.set_exception(exc)
-                continue
-            for (_, fut), iid in zip(group, ids, strict=True):
-                fut.set_result(iid)
-            if self._on_commit is not None:
-                self._on_commit()
-        q.close()
+        self._queue.close()
 
 
 def sweep_partials(incoming: Path, max_age: float) -> int:
@@ -206,8 +191,6 @@ def recover(spool_dir: Path, queue: Queue) -> tuple[int, int]:
             else:
                 p.unlink(missing_ok=True)
             partials += 1
-    for uid in queue.drop_unrouted_missing():
-        log.warning("spool recovery: %s was committed but its file is gone; dropped", uid)
     if objects.is_dir():
         known = queue.known_paths()
         for p in objects.iterdir():
