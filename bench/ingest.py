@@ -433,6 +433,16 @@ def print_table(rows: list[Row], meta: dict) -> None:
         f"workers={meta['workers']} fsync on; {meta['cpus']} CPUs, load "
         f"{meta['load_before']} before / {meta['load_after']} after"
     )
+    floor = meta["durable_floor_ms"]
+    ceiling = next((r for r in rows if r.mode == "1 assoc" and r.case == "storescp"), None)
+    if ceiling is not None and ceiling.per_s:
+        per = 1000 / ceiling.per_s
+        print(
+            f"durable-write floor on this disk: {floor:.2f} ms per instance (write, fsync, "
+            f"rename, folder fsync, SQLite commit; no network, no parsing). One synchronous "
+            f"association can then reach at most {per:.2f} / ({per:.2f} + {floor:.2f}) = "
+            f"{per / (per + floor):.2f}x storescp, which fsyncs nothing."
+        )
     print(HEAD)
     print("-" * len(HEAD))
     mode = None
@@ -446,6 +456,39 @@ def print_table(rows: list[Row], meta: dict) -> None:
         print("\nnotes:")
         for r, n in notes:
             print(f"  [{r.mode} / {r.case}] {n}")
+
+
+def durable_floor(work: Path, sample: Path, n: int = 200) -> float:
+    """Median ms to make one received file durable the way the gateway must, with no
+    network and no parsing: write, fsync, rename into a folder, fsync the folder, commit a
+    row (SQLite WAL, synchronous=FULL). A synchronous sender waits this long per instance
+    on top of the receive itself, whoever receives."""
+    import sqlite3
+    import statistics
+
+    data = sample.read_bytes()
+    base = work / "floor"
+    (base / "in").mkdir(parents=True)
+    (base / "objects").mkdir()
+    db = sqlite3.connect(base / "q.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (path TEXT)")
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        part, final = base / "in" / f"{i}.part", base / "objects" / f"{i}.dcm"
+        with open(part, "wb", buffering=0) as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        os.rename(part, final)
+        fd = os.open(base / "objects", os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+        db.execute("INSERT INTO t VALUES (?)", (str(final),))
+        times.append(time.perf_counter() - t)
+    db.close()
+    return statistics.median(times) * 1000
 
 
 def load() -> str:
@@ -477,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"work folder {work}; making {args.count} CT slices ...", file=sys.stderr)
         small = ct_series(work / "series", args.count)
+        floor_ms = durable_floor(work, small[0])
         rows += run_mode("1 assoc", small, 1, args, work)
         rows += run_mode("4 assoc", small, 4, args, work)
         large_mib = None
@@ -495,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "load_before": load_before,
             "load_after": load(),
+            "durable_floor_ms": round(floor_ms, 3),
             "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
