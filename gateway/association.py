@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
@@ -93,8 +93,46 @@ class Services(Protocol):
     def admits_store(self) -> Outcome | None:
         """A failure to answer before receiving a dataset (e.g. disk floor), else None."""
 
-    def store(self, peer: Peer, path: Path, sop_class: str, sop_uid: str, ts: str) -> Outcome:
+    def store(
+        self, peer: Peer, received: Received, sop_class: str, sop_uid: str, ts: str
+    ) -> Outcome:
         """Make the received file durable; Success only once it is."""
+
+
+#: Bytes of each received file kept in memory: preamble, file meta and the start of the
+#: dataset, enough for the header of nearly every instance (read without touching the file).
+HEAD_BYTES = 64 << 10
+
+
+@dataclass(frozen=True)
+class Received:
+    """A complete received file: where it is, its first bytes, its size."""
+
+    path: Path
+    head: bytes
+    size: int
+
+
+class _SpoolFile:
+    """The file a dataset is written to, keeping its first HEAD_BYTES and its size."""
+
+    def __init__(self, path: Path) -> None:
+        self.raw = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by the association
+        self.head = bytearray()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = self.raw.write(data) or 0
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: min(n, HEAD_BYTES - len(self.head))]
+        self.size += n
+        return n
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 @dataclass
@@ -107,9 +145,8 @@ class _Incoming:
     sop_class: str
     sop_uid: str
     path: Path | None = None
-    file: BinaryIO | None = None
+    file: _SpoolFile | None = None
     failure: Outcome | None = None
-    size: int = field(default=0)
 
 
 class Association:
@@ -326,7 +363,7 @@ class Association:
             self.peer.calling_ae,
         )
         try:
-            incoming.file = open(incoming.path, "wb", buffering=0)  # noqa: SIM115
+            incoming.file = _SpoolFile(incoming.path)
             incoming.file.write(meta)
         except OSError as exc:
             self._write_failed(incoming, exc)
@@ -351,9 +388,10 @@ class Association:
                 incoming.file.close()
             except OSError as exc:
                 self._write_failed(incoming, exc)
+            received = Received(incoming.path, bytes(incoming.file.head), incoming.file.size)
             outcome = incoming.failure or self.services.store(
                 self.peer,
-                incoming.path,
+                received,
                 incoming.sop_class,
                 incoming.sop_uid,
                 self.contexts[context_id][1],

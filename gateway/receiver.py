@@ -8,6 +8,7 @@ file durable and queued; Success is answered only after that returns.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from gateway import metrics
-from gateway.association import Association, Outcome, Peer
+from gateway.association import Association, Outcome, Peer, Received
 from gateway.config import Config
 from gateway.dimse import VERIFICATION, all_transfer_syntaxes, set_nodelay
 from gateway.queue import NewInstance
@@ -120,6 +121,43 @@ def _check_pixel_data_complete(fp: BinaryIO, ts: UID, size: int) -> None:
             raise ValueError(f"a Pixel Data fragment needs {length} bytes, fewer remain")
 
 
+def _read_header(received: Received) -> tuple[Dataset, int]:
+    """The dataset up to its Pixel Data and the file offset where that starts.
+
+    Read from the bytes kept in memory when they hold the whole header (nearly always),
+    else from the file. A parse of the kept bytes counts only if it stopped at Pixel Data
+    inside them; stopping at their end could mean a header cut short."""
+    head = received.head
+    if len(head) == received.size:
+        fp = io.BytesIO(head)
+        return dcmread(fp, stop_before_pixels=True), fp.tell()
+    try:
+        fp = io.BytesIO(head)
+        ds = dcmread(fp, stop_before_pixels=True)
+        at = fp.tell()
+        if at + 4 <= len(head) and head[at : at + 2] in (b"\xe0\x7f", b"\x7f\xe0"):
+            return ds, at
+    except Exception:  # noqa: BLE001 - the header goes on past the kept bytes
+        pass
+    with open(received.path, "rb") as f:
+        return dcmread(f, stop_before_pixels=True), f.tell()
+
+
+def _check_pixels(received: Received, ts: UID, at: int) -> None:
+    """_check_pixel_data_complete from memory when the kept bytes suffice, else the file."""
+    fp = io.BytesIO(received.head)
+    fp.seek(at)
+    try:
+        _check_pixel_data_complete(fp, ts, received.size)
+        return
+    except ValueError:
+        if len(received.head) == received.size:
+            raise  # the whole file was in memory: the verdict stands
+    with open(received.path, "rb") as f:
+        f.seek(at)
+        _check_pixel_data_complete(f, ts, received.size)
+
+
 class _Server(socketserver.ThreadingTCPServer):
     """Accept loop: TCP_NODELAY on each connection, SO_REUSEPORT on bind.
 
@@ -210,15 +248,16 @@ class Receiver:
         metrics.STORES_FAILED.labels(reason="disk_floor").inc()
         return Outcome(OUT_OF_RESOURCES, "gateway disk below its free-space floor")
 
-    def store(self, peer: Peer, received: Path, sop_class: str, sop_uid: str, ts: str) -> Outcome:
+    def store(
+        self, peer: Peer, received: Received, sop_class: str, sop_uid: str, ts: str
+    ) -> Outcome:
         syntax = UID(ts)
-        size = received.stat().st_size
+        size = received.size
         try:
-            with open(received, "rb") as fp:
-                ds = dcmread(fp, stop_before_pixels=True)
-                _check_as_sent(ds, sop_class, sop_uid, syntax)
-                if not syntax.is_deflated:  # offsets in a deflated file are not the dataset's
-                    _check_pixel_data_complete(fp, syntax, size)
+            ds, pixels_at = _read_header(received)
+            _check_as_sent(ds, sop_class, sop_uid, syntax)
+            if not syntax.is_deflated:  # offsets in a deflated file are not the dataset's
+                _check_pixels(received, syntax, pixels_at)
             study = str(ds.get("StudyInstanceUID", ""))
             series = str(ds.get("SeriesInstanceUID", ""))
         except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
@@ -245,7 +284,7 @@ class Receiver:
             source=peer.address,
         )
         try:
-            self.spool.accept(received, item)
+            self.spool.accept(received.path, item)
         except SpoolError as exc:
             log.error("refused %s from %s: %s: 0xA700", sop_uid, peer.calling_ae, exc)
             metrics.STORES_FAILED.labels(reason="write").inc()

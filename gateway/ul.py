@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import BinaryIO
+from typing import Protocol
 
 # PDU types (PS3.8 9.3.1)
 ASSOCIATE_RQ = 0x01
@@ -64,6 +64,10 @@ _PDV_HEADER = struct.Struct(">IBB")
 _ELEMENT = struct.Struct("<HHI")
 
 
+class Writable(Protocol):
+    def write(self, data: memoryview, /) -> int | None: ...
+
+
 class ProtocolError(Exception):
     """The peer broke PS3.8/PS3.7; the association is aborted with `reason`."""
 
@@ -109,7 +113,7 @@ class PDUReader:
             raise ProtocolError(f"PDV item length {length} is shorter than its header")
         return length - 2, context_id, mch
 
-    def copy(self, n: int, sink: BinaryIO | None) -> OSError | None:
+    def copy(self, n: int, sink: Writable | None) -> OSError | None:
         """Move `n` bytes to `sink` (None: discard them). A failed write does not stop the
         read: the rest is drained so the association can answer, and the error returned."""
         buf = self._copy
