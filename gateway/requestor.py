@@ -134,25 +134,33 @@ class StoreRequestor:
             sock = socket.create_connection(address, timeout=connect_timeout)
         except OSError as exc:
             raise AssociationFailed(f"cannot connect to {where}: {exc}") from exc
+        reader = ul.PDUReader(sock, bufsize=1 << 16)
+
+        def fail(message: str) -> AssociationFailed:
+            # The reader holds the socket's file descriptor too: close both, or the peer
+            # keeps a connection that nobody reads (a one-association SCP then blocks).
+            reader.close()
+            sock.close()
+            return AssociationFailed(message)
+
         try:
             set_nodelay(sock)
             sock.sendall(pdu.encode())
-            reader = ul.PDUReader(sock, bufsize=1 << 16)
             pdu_type, length = reader.header()
             body = reader.exact(min(length, 1 << 22))
         except (OSError, ul.Closed) as exc:
-            sock.close()
-            raise AssociationFailed(f"{where} did not answer the association: {exc}") from exc
+            raise fail(f"{where} did not answer the association: {exc}") from exc
         if pdu_type == ul.ASSOCIATE_RJ and len(body) >= 4:
-            sock.close()
-            raise AssociationFailed(f"{where} {Rejection(body[1], body[2], body[3])}")
+            raise fail(f"{where} {Rejection(body[1], body[2], body[3])}")
         if pdu_type != ul.ASSOCIATE_AC:
-            sock.close()
             name = ul.PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}")
-            raise AssociationFailed(f"{where} answered the association with {name}")
-        ac = A_ASSOCIATE_AC()
-        ac.decode(ul.pdu(ul.ASSOCIATE_AC, body))
-        prim = ac.to_primitive()
+            raise fail(f"{where} answered the association with {name}")
+        try:
+            ac = A_ASSOCIATE_AC()
+            ac.decode(ul.pdu(ul.ASSOCIATE_AC, body))
+            prim = ac.to_primitive()
+        except Exception as exc:
+            raise fail(f"{where} sent an A-ASSOCIATE-AC that cannot be decoded: {exc}") from exc
         accepted = {
             proposed[int(cx.context_id)]: int(cx.context_id)
             for cx in prim.presentation_context_definition_results_list

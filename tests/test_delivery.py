@@ -165,3 +165,26 @@ def test_crashed_child_is_restarted(tmp_path, gateway_factory, storescp_factory)
     wait_for(lambda: len(scp.files()) >= 5, 60, "workers to come back and deliver")
     assert gw.http("/healthz").status_code == 200
     assert gw.stop() == 0
+
+
+def test_busy_single_association_peer_is_reached_once_free(tmp_path, gateway_factory):
+    """storescp without --fork serves one association at a time. While another client holds
+    it, the gateway's attempts time out; each must close its connection completely, or the
+    peer later answers those dead connections first and the gateway never gets through."""
+    from gateway.requestor import StoreRequestor
+
+    scp = start_storescp(tmp_path / "single")
+    try:
+        blocker = StoreRequestor.open(("127.0.0.1", scp.port), scp.ae_title, "BLOCKER", [])
+        dest = {"type": "dicom", "ae_title": scp.ae_title, "host": "127.0.0.1",
+                "port": scp.port, "connect_timeout": 1, "retry": FAST_RETRY}  # fmt: skip
+        gw = gateway_factory({"pacs": dest}, ALL).start()
+        files = ct_series(tmp_path / "s", 5, rows=32, cols=32)
+        assert storescu(gw.port, files).returncode == 0
+        wait_for(lambda: metric(gw, "gateway_delivery_retries_total") >= 10, 60, "timed-out tries")
+        blocker.release()
+        wait_for(lambda: len(scp.files()) == 5, 30, "delivery once the peer is free")
+        assert sop_uids(scp.files()) == sop_uids(files)
+        assert gw.stop() == 0
+    finally:
+        scp.stop()
