@@ -53,7 +53,7 @@ class Dimse(_Model):
     allowed_calling_aets: tuple[str | CallingAE, ...] = ()
     check_called_aet: bool = True
     max_pdu: int = Field(0, ge=0)  # 0: no limit, the sender chooses its PDU size
-    listeners: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
+    listeners: int = Field(1, ge=1, le=64)  # processes accepting on the one port
     # Storage SOP classes beyond those pydicom knows (private/unknown), by UID.
     extra_sop_classes: tuple[str, ...] = ()
     accept_unknown_sop_classes: bool = False  # accept any SOP class proposed for storage

@@ -159,24 +159,17 @@ def _check_pixels(received: Received, ts: UID, at: int) -> None:
 
 
 class _Server(socketserver.ThreadingTCPServer):
-    """Accept loop: TCP_NODELAY on each connection, SO_REUSEPORT on bind.
+    """Accept loop on the listening socket the supervisor shares among listener processes;
+    TCP_NODELAY on each connection, one thread per association."""
 
-    SO_REUSEPORT lets several listener processes share one port; the kernel spreads new
-    connections over them, so ingest is not capped by one process's GIL.
-    """
-
-    allow_reuse_address = True
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+    def __init__(self, sock: socket.socket, receiver: Receiver) -> None:
         self.receiver = receiver
-        super().__init__(address, socketserver.BaseRequestHandler)
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        super().__init__(sock.getsockname()[:2], socketserver.BaseRequestHandler, False)
+        self.socket.close()
+        self.socket = sock
 
     def finish_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         set_nodelay(request)
@@ -295,10 +288,9 @@ class Receiver:
         return Outcome(SUCCESS)
 
     # -- server -----------------------------------------------------------------------
-    def start(self) -> None:
-        """Bind and serve in a background thread; `stop()` shuts down."""
-        d = self.cfg.dimse
-        self._server = _Server((d.host, d.port), self)
+    def start(self, sock: socket.socket) -> None:
+        """Serve `sock` (bound and listening) in a background thread; `stop()` shuts down."""
+        self._server = _Server(sock, self)
         threading.Thread(
             target=self._server.serve_forever, name="dimse-accept", daemon=True
         ).start()
