@@ -111,13 +111,20 @@ def http_main(cfg: Config, supervisor_pid: int) -> None:
     server.run()  # uvicorn installs its own SIGTERM handling and exits gracefully
 
 
+class StartError(Exception):
+    """The gateway cannot start (e.g. its port is taken); one line says why."""
+
+
 def bind_dimse(cfg: Config) -> socket.socket:
     """The DIMSE port, bound once here and shared by every listener process. Each accepts
     when it is free, so associations spread by availability; SO_REUSEPORT's hash put 16 of
     20 parallel associations on one of two listeners (measured), i.e. on one core."""
     d = cfg.dimse
     family = socket.AF_INET6 if ":" in d.host else socket.AF_INET
-    sock = socket.create_server((d.host, d.port), family=family, backlog=128)
+    try:
+        sock = socket.create_server((d.host, d.port), family=family, backlog=128)
+    except OSError as exc:
+        raise StartError(f"cannot listen for DIMSE on {d.host}:{d.port}: {exc.strerror}") from exc
     sock.setblocking(False)  # a sibling may take a connection first: accept must not block
     return sock
 
@@ -250,4 +257,8 @@ def run(cfg: Config) -> int:
     setup_logging(cfg.log_level)
     for warning in config_mod.warnings(cfg):
         log.warning("config: %s", warning)
-    return Supervisor(cfg).run()
+    try:
+        return Supervisor(cfg).run()
+    except StartError as exc:
+        log.error("%s", exc)
+        return 1
