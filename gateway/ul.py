@@ -89,7 +89,7 @@ class PDUReader:
 
     def __init__(self, sock: socket.socket, bufsize: int = 1 << 18) -> None:
         self._r = sock.makefile("rb", buffering=bufsize)
-        self._copy = memoryview(bytearray(1 << 20))
+        self._copy: memoryview | None = None  # 1 MiB, made on the first copy()
 
     def exact(self, n: int) -> bytes:
         data = self._r.read(n)
@@ -116,6 +116,8 @@ class PDUReader:
     def copy(self, n: int, sink: Writable | None) -> OSError | None:
         """Move `n` bytes to `sink` (None: discard them). A failed write does not stop the
         read: the rest is drained so the association can answer, and the error returned."""
+        if self._copy is None:
+            self._copy = memoryview(bytearray(1 << 20))
         buf = self._copy
         error = None
         while n:
