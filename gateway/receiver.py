@@ -15,6 +15,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -296,12 +297,14 @@ class Receiver:
         ).start()
 
     def stop(self) -> None:
-        """Stop accepting, then let in-flight associations finish (bounded)."""
+        """Stop accepting, then let in-flight associations finish, all within one
+        network timeout (an idle association is ended by it anyway)."""
         if self._server is None:
             return
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
             active = list(self._active)
+        deadline = time.monotonic() + self.cfg.dimse.network_timeout
         for thread in active:
-            thread.join(timeout=self.cfg.dimse.network_timeout)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
