@@ -45,6 +45,7 @@ CANNOT_UNDERSTAND = 0xC210
 _REJECT_CALLING = (0x01, 0x01, 0x03)
 _REJECT_CALLED = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)
+ACCEPT_BACKOFF_S = 0.002
 
 
 # Not network storage: DICOMDIR is media-only (PS3.10); Storage Commitment is its own service.
@@ -172,6 +173,15 @@ class _Server(socketserver.ThreadingTCPServer):
         self.socket.close()
         self.socket = sock
 
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
+        super().process_request(request, client_address)
+        if self.receiver.siblings:
+            # Connections that arrive together would all go to whichever listener woke
+            # first (measured 3:1 over two listeners). A busy listener steps back from
+            # accept() a little per association it serves, so an idler sibling takes the
+            # next one from the shared backlog.
+            time.sleep(ACCEPT_BACKOFF_S * len(self.receiver.active))
+
     def finish_request(self, request: socket.socket, client_address: tuple) -> None:  # type: ignore[override]
         set_nodelay(request)
         self.receiver.serve(request, client_address[0])
@@ -192,25 +202,26 @@ class Receiver:
         self.accept_unknown = cfg.dimse.accept_unknown_sop_classes
         self.max_pdu = cfg.dimse.max_pdu
         self.max_associations = 64
+        self.siblings = cfg.dimse.listeners > 1  # other processes accept on the same socket
         self._server: _Server | None = None
         self._lock = threading.Lock()
-        self._active: set[threading.Thread] = set()
+        self.active: set[threading.Thread] = set()
 
     # -- association control ----------------------------------------------------------
     def serve(self, sock: socket.socket, address: str) -> None:
         d = self.cfg.dimse
         me = threading.current_thread()
         with self._lock:
-            self._active.add(me)
+            self.active.add(me)
         try:
             Association(self, sock, address, (d.acse_timeout, d.network_timeout)).run()
         finally:
             with self._lock:
-                self._active.discard(me)
+                self.active.discard(me)
 
     def refusal(self, peer: Peer) -> tuple[str, tuple[int, int, int]]:
         reason, rsd = self._refusal(peer.calling_ae, peer.called_ae, peer.address)
-        if not reason and len(self._active) > self.max_associations:
+        if not reason and len(self.active) > self.max_associations:
             reason, rsd = f"more than {self.max_associations} associations", _REJECT_BUSY
         if reason:
             metrics.ASSOCIATIONS_REFUSED.labels(reason=reason.split(":")[0]).inc()
@@ -304,7 +315,7 @@ class Receiver:
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
-            active = list(self._active)
+            active = list(self.active)
         deadline = time.monotonic() + self.cfg.dimse.network_timeout
         for thread in active:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
