@@ -46,9 +46,12 @@ MAX_ASSOCIATE_RQ = 4 << 20
 #: C-STORE/C-ECHO command sets are a few hundred bytes.
 MAX_COMMAND = 64 << 10
 
-UNRECOGNIZED_OPERATION = 0x0211
+# DIMSE statuses this front-end answers with (PS3.7 C.4, PS3.4 B.2.3)
+SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
+UNRECOGNIZED_OPERATION = 0x0211
 OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
 
 
 def user_information(max_pdu: int) -> list:
@@ -337,7 +340,7 @@ class Association:
         if field_ == ul.C_STORE_RQ and has_dataset:
             self._start_store(incoming)
         elif field_ == ul.C_ECHO_RQ and not has_dataset:
-            self._respond(incoming, Outcome(0x0000))
+            self._respond(incoming, Outcome(SUCCESS))
         else:
             incoming.failure = Outcome(
                 UNRECOGNIZED_OPERATION, f"command 0x{field_:04X} is not served here"
@@ -397,7 +400,7 @@ class Association:
                 self.contexts[context_id][1],
             )
         outcome = outcome or Outcome(PROCESSING_FAILURE, "nothing was received")
-        if outcome.status != 0x0000:
+        if outcome.status != SUCCESS:
             self._close_and_remove(incoming)  # refused: the sender keeps the image
         incoming.file = None
         self._respond(incoming, outcome)

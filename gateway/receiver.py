@@ -22,23 +22,24 @@ from typing import BinaryIO
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, UID_dictionary
-from pynetdicom import register_uid
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
-from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import uid_to_service_class
 
 from gateway import metrics
-from gateway.association import Association, Outcome, Peer, Received
+from gateway.association import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Association,
+    Outcome,
+    Peer,
+    Received,
+)
 from gateway.config import Config
 from gateway.dimse import VERIFICATION, all_transfer_syntaxes, set_nodelay
 from gateway.queue import NewInstance
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
-
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC210
 
 # A-ASSOCIATE-RJ (result, source, diagnostic): permanent from the service user, or
 # transient from the service provider (presentation) for too many associations.
@@ -55,16 +56,12 @@ _NOT_STORAGE = {"1.2.840.10008.1.3.10", "1.2.840.10008.1.20.1", "1.2.840.10008.1
 def _pydicom_storage_sop_classes() -> list[str]:
     """Storage SOP classes in pydicom's registry. pynetdicom's storage list leaves out the
     Non-Patient Object ones (Color Palette, Hanging Protocol, ...) and the retired ones old
-    modalities still send (e.g. Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6); the
-    latter are registered so that pynetdicom dispatches them to the C-STORE handler."""
-    out = []
-    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
-        if kind != "SOP Class" or "Storage" not in name or uid in _NOT_STORAGE:
-            continue
-        if not issubclass(uid_to_service_class(uid), StorageServiceClass):
-            register_uid(uid, keyword, StorageServiceClass)
-        out.append(uid)
-    return out
+    modalities still send (e.g. Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6)."""
+    return [
+        uid
+        for uid, (name, kind, *_rest) in UID_dictionary.items()
+        if kind == "SOP Class" and "Storage" in name and uid not in _NOT_STORAGE
+    ]
 
 
 def storage_contexts(cfg: Config) -> list[PresentationContext]:
@@ -72,10 +69,7 @@ def storage_contexts(cfg: Config) -> list[PresentationContext]:
     syntaxes = all_transfer_syntaxes()
     uids = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
     uids += [uid for uid in _pydicom_storage_sop_classes() if uid not in uids]
-    for n, uid in enumerate(cfg.dimse.extra_sop_classes):
-        if uid not in uids:
-            register_uid(uid, f"GatewayPrivateStorage{n}", StorageServiceClass)
-            uids.append(uid)
+    uids += [uid for uid in cfg.dimse.extra_sop_classes if uid not in uids]
     out = []
     for uid in [VERIFICATION, *uids]:
         cx = PresentationContext()
@@ -127,20 +121,19 @@ def _read_header(received: Received) -> tuple[Dataset, int]:
     """The dataset up to its Pixel Data and the file offset where that starts.
 
     Read from the bytes kept in memory when they hold the whole header (nearly always),
-    else from the file. A parse of the kept bytes counts only if it stopped at Pixel Data
-    inside them; stopping at their end could mean a header cut short."""
+    else from the file. A parse of a prefix counts only if it stopped at Pixel Data inside
+    it; stopping at its end could mean a header cut short."""
     head = received.head
-    if len(head) == received.size:
-        fp = io.BytesIO(head)
-        return dcmread(fp, stop_before_pixels=True), fp.tell()
+    whole = len(head) == received.size
+    fp = io.BytesIO(head)
     try:
-        fp = io.BytesIO(head)
         ds = dcmread(fp, stop_before_pixels=True)
         at = fp.tell()
-        if at + 4 <= len(head) and head[at : at + 2] in (b"\xe0\x7f", b"\x7f\xe0"):
+        if whole or (at + 4 <= len(head) and head[at : at + 2] in (b"\xe0\x7f", b"\x7f\xe0")):
             return ds, at
-    except Exception:  # noqa: BLE001 - the header goes on past the kept bytes
-        pass
+    except Exception:
+        if whole:
+            raise  # the whole file was in memory: the verdict stands
     with open(received.path, "rb") as f:
         return dcmread(f, stop_before_pixels=True), f.tell()
 
@@ -220,23 +213,24 @@ class Receiver:
                 self.active.discard(me)
 
     def refusal(self, peer: Peer) -> tuple[str, tuple[int, int, int]]:
-        reason, rsd = self._refusal(peer.calling_ae, peer.called_ae, peer.address)
+        reason, rsd = self._policy(peer)
         if not reason and len(self.active) > self.max_associations:
             reason, rsd = f"more than {self.max_associations} associations", _REJECT_BUSY
         if reason:
             metrics.ASSOCIATIONS_REFUSED.labels(reason=reason.split(":")[0]).inc()
         return reason, rsd
 
-    def _refusal(self, calling: str, called: str, address: str) -> tuple[str, tuple[int, int, int]]:
-        if self.cfg.dimse.check_called_aet and called != self.cfg.ae_title:
+    def _policy(self, peer: Peer) -> tuple[str, tuple[int, int, int]]:
+        """The configured AE checks: ('', ...) admits, else the reason and the reject."""
+        if self.cfg.dimse.check_called_aet and peer.called_ae != self.cfg.ae_title:
             return f"called AE title not ours: expected {self.cfg.ae_title!r}", _REJECT_CALLED
         if self.any_calling:
             return "", _REJECT_CALLING
-        entries = [a for a in self.allowed if a.ae_title == calling]
+        entries = [a for a in self.allowed if a.ae_title == peer.calling_ae]
         if not entries:
             return "calling AE title not allowed", _REJECT_CALLING
-        if not any(a.admits(address) for a in entries):
-            return f"calling AE title not allowed from {address}", _REJECT_CALLING
+        if not any(a.admits(peer.address) for a in entries):
+            return f"calling AE title not allowed from {peer.address}", _REJECT_CALLING
         return "", _REJECT_CALLING
 
     # -- C-STORE ----------------------------------------------------------------------
