@@ -42,12 +42,12 @@ def main() -> None:
 @click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
 def run(config: str | None) -> None:
     """Run everything: DIMSE listener(s), workers and the HTTP server."""
-    from gateway.rules import load_rules
+    from gateway.rules import load_configured
     from gateway.supervisor import run as run_supervisor
 
     cfg = _load(config)
     try:
-        load_rules(cfg.rules_dir, cfg.destinations)
+        load_configured(cfg)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
@@ -60,11 +60,11 @@ def run(config: str | None) -> None:
 def check(config: str | None) -> None:
     """Validate the configuration and the rules; one line per problem, non-zero exit."""
     from gateway.config import warnings
-    from gateway.rules import load_rules
+    from gateway.rules import load_configured
 
     cfg = _load(config)
     try:
-        rules = load_rules(cfg.rules_dir, cfg.destinations)
+        rules = load_configured(cfg)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
@@ -75,6 +75,62 @@ def check(config: str | None) -> None:
         f"ok: {len(cfg.destinations)} destination(s), {len(rules.rules)} rule(s) "
         f"in {len(rules.files)} file(s)"
     )
+
+
+@main.group()
+def rules() -> None:
+    """Routing rules: dry-run them against files."""
+
+
+@rules.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--calling-ae", default="", help="as if sent by this AE title")
+@click.option("--called-ae", default="", help="as if sent to this AE title")
+@click.option("--source", default="", help="as if sent from this IP address")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def rules_test(
+    paths: tuple[Path, ...],
+    config: str | None,
+    calling_ae: str,
+    called_ae: str,
+    source: str,
+    as_json: bool,
+) -> None:
+    """Which rules fire for each FILE and why, the changes each would make, the transfer
+    syntax it would produce and where it would go. Nothing is queued or sent."""
+    from pydicom import dcmread
+
+    from gateway.dryrun import dry_run, render
+    from gateway.pipeline import action_env
+    from gateway.rules import load_configured
+
+    cfg = _load(config)
+    try:
+        ruleset = load_configured(cfg)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(2)
+    env = action_env(cfg)
+    reports, failed = {}, False
+    for path in paths:
+        try:
+            ds = dcmread(path, force=True)
+            ds.SOPInstanceUID  # noqa: B018 - a file that is not DICOM fails here, clearly
+        except Exception as exc:
+            click.echo(f"{path}: not a readable DICOM file: {exc}", err=True)
+            failed = True
+            continue
+        reports[str(path)] = dry_run(
+            ruleset, ds, env, calling_ae=calling_ae, called_ae=called_ae, source=source
+        )
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        for name, report in reports.items():
+            click.echo("\n".join(render(name, report)))
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

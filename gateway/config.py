@@ -85,6 +85,23 @@ class Http(_Model):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+    # Bearer token for the admin API from any address; empty: loopback clients only.
+    # Prefer the environment: GATEWAY__HTTP__ADMIN_TOKEN.
+    admin_token: str = ""
+
+
+class Deidentify(_Model):
+    # Key of the keyed hashes behind pseudonymous UIDs, IDs and date shifts: the same
+    # secret maps the same study to the same pseudonyms. Prefer the environment
+    # (GATEWAY__DEIDENTIFY__SECRET) to writing it here. Empty: rules cannot de-identify.
+    secret: str = ""
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, secret: str) -> str:
+        if secret and len(secret) < 16:
+            raise ValueError("use at least 16 characters")
+        return secret
 
 
 class Retry(_Model):
@@ -133,6 +150,7 @@ class Config(_Model):
     storage: Storage = Storage()
     workers: Workers = Workers()
     http: Http = Http()
+    deidentify: Deidentify = Deidentify()
     destinations: dict[str, Destination] = {}
 
     @property

@@ -19,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.queue import Queue
+from gateway.rules import RulesWatch
 from gateway.spool import free_mb
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -41,6 +42,10 @@ RETRIED = Counter(
 )
 DEAD_LETTERED = Counter(
     "gateway_dead_lettered_total", "Deliveries given up (dead letters)", ["destination"]
+)
+DROPPED = Counter("gateway_dropped_instances_total", "Instances consumed by a drop rule")
+RULES_RELOADS = Counter(
+    "gateway_rules_reloads_total", "Rule files loaded by a worker, or rejected", ["result"]
 )
 DELIVERY_LATENCY = Histogram(
     "gateway_delivery_latency_seconds",
@@ -89,10 +94,29 @@ class QueueCollector(Collector):
         yield from (depth, oldest, instances, disk)
 
 
-def render(db_path: Path, data_dir: Path) -> bytes:
-    """The /metrics body: every process's counters plus the queue's gauges."""
+class RulesCollector(Collector):
+    """Whether the rule files on disk load (the previous rules keep running when not)."""
+
+    def __init__(self, watch: RulesWatch) -> None:
+        self.watch = watch
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rejected = GaugeMetricFamily(
+            "gateway_rules_rejected",
+            "1 while the rule files on disk are rejected (previous rules in effect)",
+        )
+        rejected.add_metric([], 1 if self.watch.problems else 0)
+        in_effect = GaugeMetricFamily("gateway_rules_in_effect", "Rules in effect")
+        in_effect.add_metric([], len(self.watch.rules.rules) if self.watch.rules else 0)
+        yield from (rejected, in_effect)
+
+
+def render(db_path: Path, data_dir: Path, watch: RulesWatch | None = None) -> bytes:
+    """The /metrics body: every process's counters plus the queue's and rules' gauges."""
     registry = CollectorRegistry()
     registry.register(QueueCollector(db_path, data_dir))
+    if watch is not None:
+        registry.register(RulesCollector(watch))
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(registry)
         return generate_latest(registry)

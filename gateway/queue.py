@@ -8,8 +8,12 @@ only when every job is delivered (or an admin purges the dead ones).
 
 States:
     instance: new -> routed | unmatched          (deleted when all jobs are done)
-    job:      pending -> leased -> (deleted when the instance completes)
-                                 -> pending (retry, due later) -> ... -> dead
+    job:      [held ->] pending -> leased -> (deleted when the instance completes)
+                                          -> pending (retry, due later) -> ... -> dead
+
+A job of a rule that triggers per series or study is `held` under a batch key until the
+series/study has been quiet long enough (or waited too long); then all its jobs are due
+together and are leased as one batch (one association).
 """
 
 from __future__ import annotations
@@ -73,12 +77,18 @@ class Job:
     study_uid: str
     series_uid: str
     received_at: float
+    actions: str | None = None  # JSON of the rule's actions (gateway.pipeline); None: as received
+    batch_key: str | None = None
 
 
 @dataclass(frozen=True)
 class Route:
     destination: str
     rule: str
+    actions: str | None = None
+    batch_key: str | None = None  # held until its series/study is quiet
+    quiet_seconds: float = 0.0
+    max_wait_seconds: float = 0.0
 
 
 _INSTANCE_COLS = (
@@ -88,8 +98,17 @@ _INSTANCE_COLS = (
 _JOB_COLS = (
     "j.id, j.instance_id, j.destination, j.rule, j.attempts, j.created_at, i.path,"
     " i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.study_uid, i.series_uid,"
-    " i.received_at"
+    " i.received_at, j.actions, j.batch_key"
 )
+
+
+# Columns added after the first schema: added to an existing database when it opens.
+JOB_COLUMNS_ADDED: dict[str, type] = {
+    "actions": str,  # JSON action spec of the rule that made the job (gateway.pipeline)
+    "batch_key": str,  # rule, destination and series/study of a held batch
+    "quiet_s": float,
+    "max_wait_s": float,
+}
 
 
 def connect(db_path: Path, *, fsync: bool = True) -> sqlite3.Connection:
@@ -107,7 +126,7 @@ def connect(db_path: Path, *, fsync: bool = True) -> sqlite3.Connection:
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create tables and indexes if missing (idempotent; every process may call it)."""
     db = sqlite_utils.Database(conn)
-    with _write(conn):
+    with _write(conn) as c:
         if "instances" not in db.table_names():
             db["instances"].create(
                 {
@@ -154,9 +173,19 @@ def create_schema(conn: sqlite3.Connection) -> None:
             )
             db["jobs"].create_index(["state", "due_at"], index_name="jobs_due")
             db["jobs"].create_index(["destination", "state"], index_name="jobs_dest")
+        columns = db["jobs"].columns_dict
+        for name, kind in JOB_COLUMNS_ADDED.items():
+            if name not in columns:
+                db["jobs"].add_column(name, kind)
+        indexes = {i.name: i.columns for i in db["jobs"].indexes}
+        if indexes.get("jobs_unique") != ["instance_id", "destination", "rule"]:
+            if "jobs_unique" in indexes:
+                c.execute("DROP INDEX jobs_unique")
             db["jobs"].create_index(
-                ["instance_id", "destination"], index_name="jobs_unique", unique=True
+                ["instance_id", "destination", "rule"], index_name="jobs_unique", unique=True
             )
+        if "jobs_batch" not in indexes:
+            db["jobs"].create_index(["batch_key", "state"], index_name="jobs_batch")
 
 
 @contextmanager
@@ -236,21 +265,61 @@ class Queue:
             ).fetchall()
         return sorted((Instance(*r) for r in rows), key=lambda i: i.id)
 
-    def set_routes(self, decisions: Iterable[tuple[int, list[Route], str]]) -> None:
-        """Record the rules' decisions (instance id, routes, note) in one transaction; an
-        instance no rule matched stays, state 'unmatched'."""
+    def set_routes(self, decisions: Iterable[tuple[int, list[Route], str, bool]]) -> list[str]:
+        """Record the rules' decisions (instance id, routes, note, dropped) in one
+        transaction. An instance no rule matched stays, state 'unmatched'; one that a
+        `drop` rule consumed is deleted: its spool path is returned for the caller to unlink.
+        """
         now = time.time()
+        dropped: list[str] = []
         with _write(self.conn, relaxed=True) as c:
-            for instance_id, routes, note in decisions:
+            for instance_id, routes, note, drop in decisions:
+                if drop and not routes:
+                    row = c.execute(
+                        "DELETE FROM instances WHERE id = ? RETURNING path", (instance_id,)
+                    ).fetchone()
+                    if row:
+                        dropped.append(row[0])
+                    continue
                 c.executemany(
                     "INSERT OR IGNORE INTO jobs (instance_id, destination, rule, state,"
-                    " attempts, created_at, due_at) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-                    [(instance_id, r.destination, r.rule, now, now) for r in routes],
+                    " attempts, created_at, due_at, actions, batch_key, quiet_s, max_wait_s)"
+                    " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            instance_id,
+                            r.destination,
+                            r.rule,
+                            "held" if r.batch_key else "pending",
+                            now,
+                            now,
+                            r.actions,
+                            r.batch_key,
+                            r.quiet_seconds,
+                            r.max_wait_seconds,
+                        )
+                        for r in routes
+                    ],
                 )
                 c.execute(
                     "UPDATE instances SET state = ?, lease_owner = NULL, note = ? WHERE id = ?",
                     ("routed" if routes else "unmatched", note, instance_id),
                 )
+        return dropped
+
+    def release_held(self) -> int:
+        """Make due every held batch whose series/study has been quiet for its quiet
+        period, or that has waited its longest; returns how many jobs were released."""
+        now = time.time()
+        with _write(self.conn, relaxed=True) as c:
+            cur = c.execute(
+                "UPDATE jobs SET state = 'pending', due_at = ? WHERE state = 'held' AND"
+                " batch_key IN (SELECT batch_key FROM jobs WHERE state = 'held'"
+                " GROUP BY batch_key HAVING max(created_at) + max(quiet_s) <= ?"
+                " OR min(created_at) + max(max_wait_s) <= ?)",
+                (now, now, now),
+            )
+            return cur.rowcount
 
     def release_unrouted(self, instance_id: int, note: str, delay: float) -> None:
         """Routing failed (e.g. rules unreadable): try again later, keep the reason."""
@@ -296,12 +365,22 @@ class Queue:
                 break
             if dest is None:
                 return []
+            first = c.execute(
+                "SELECT batch_key FROM jobs WHERE destination = ? AND state IN"
+                " ('pending', 'leased') AND due_at <= ? ORDER BY id LIMIT 1",
+                (dest, now),
+            ).fetchone()
+            if first[0] is not None:  # a released series/study goes out whole, in one batch
+                query = "batch_key = ? AND"
+                args: tuple = (dest, first[0], now, -1)
+            else:
+                query, args = "batch_key IS NULL AND", (dest, now, limit)
             ids = [
                 r[0]
                 for r in c.execute(
-                    "SELECT id FROM jobs WHERE destination = ? AND state IN ('pending', 'leased')"
-                    " AND due_at <= ? ORDER BY id LIMIT ?",
-                    (dest, now, limit),
+                    f"SELECT id FROM jobs WHERE destination = ? AND {query} state IN"
+                    " ('pending', 'leased') AND due_at <= ? ORDER BY id LIMIT ?",
+                    args,
                 )
             ]
             c.executemany(
@@ -385,7 +464,9 @@ class Queue:
         row = self.conn.execute(
             "SELECT min(t) FROM (SELECT min(due_at) AS t FROM jobs WHERE state IN"
             " ('pending', 'leased') UNION ALL SELECT min(due_at) FROM instances"
-            " WHERE state = 'new')"
+            " WHERE state = 'new' UNION ALL SELECT min(min(last + quiet, first + most)) FROM"
+            " (SELECT max(created_at) AS last, min(created_at) AS first, max(quiet_s) AS quiet,"
+            " max(max_wait_s) AS most FROM jobs WHERE state = 'held' GROUP BY batch_key))"
         ).fetchone()
         return row[0]
 

@@ -180,12 +180,16 @@ def recover(spool_dir: Path, queue: Queue) -> tuple[int, int]:
     """At start, before any listener: drop partial receives and files with no queue row.
 
     Neither kind ever got Success (the row commit is what makes Success), so the sender
-    still has them. Returns (partials removed, orphans removed).
+    still has them. `work/` holds copies a worker made by running a rule's actions while
+    it sent them; the original stays until delivery, so they go too.
+    Returns (partials and work copies removed, orphans removed).
     """
-    incoming, objects = spool_dir / "incoming", spool_dir / "objects"
+    objects = spool_dir / "objects"
     partials = orphans = 0
-    if incoming.is_dir():
-        for p in incoming.iterdir():
+    for scratch in (spool_dir / "incoming", spool_dir / "work"):
+        if not scratch.is_dir():
+            continue
+        for p in scratch.iterdir():
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -7,12 +7,14 @@ supervisor's wake event (set when the front-end commits) or until the next retry
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -20,16 +22,19 @@ from pydicom import Dataset, dcmread
 from gateway import metrics
 from gateway.config import Config
 from gateway.destinations import Destination, build
-from gateway.errors import ConfigError, DeliveryError, PermanentError, TransientError
-from gateway.queue import Job, Queue, Route
+from gateway.errors import DeliveryError, PermanentError, TransientError
+from gateway.match import Context
+from gateway.pipeline import ActionError, Pipeline, action_env
+from gateway.queue import Instance, Job, Queue, Route
 from gateway.retry import next_attempt
-from gateway.rules import Candidate, RuleSet, load_rules, signature
+from gateway.rules import Rule, RulesWatch
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 1.0  # upper bound on a sleep: rule files and expired leases get noticed
 ROUTE_BATCH = 200
 BATCH_LINGER_S = 0.05
+MIN_WAIT_S = 0.02
 
 
 class LeaseHeartbeat:
@@ -67,30 +72,34 @@ class Worker:
         self.queue = Queue(cfg.db_path, fsync=cfg.storage.fsync)
         self.destinations: dict[str, Destination] = {n: build(n, cfg) for n in cfg.destinations}
         self.concurrency = {n: d.concurrency for n, d in cfg.destinations.items()}
-        self.rules: RuleSet | None = None
-        self._rules_sig: tuple = ()
+        self.watch = RulesWatch(cfg)
+        self._pipelines: dict[str, Pipeline] = {}  # by action spec JSON
+        self.work_dir = cfg.spool_dir / "work"  # processed copies, only while being sent
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.reload_rules()
 
     def reload_rules(self) -> None:
         """Load rules when their files changed; a bad set is logged and the old one kept."""
-        sig = signature(self.cfg.rules_dir)
-        if sig == self._rules_sig and self.rules is not None:
+        if not self.watch.refresh():
             return
-        self._rules_sig = sig
-        try:
-            self.rules = load_rules(self.cfg.rules_dir, self.cfg.destinations)
-            log.info("%s: loaded %d rule(s)", self.name, len(self.rules.rules))
-        except ConfigError as exc:
-            for line in exc.problems:
+        self._close_pipelines()  # lookup files and recipes beside the rules may have changed
+        if self.watch.problems:
+            metrics.RULES_RELOADS.labels(result="rejected").inc()
+            for line in self.watch.problems:
                 log.error("%s: rules rejected, previous rules kept: %s", self.name, line)
+        else:
+            metrics.RULES_RELOADS.labels(result="loaded").inc()
+            log.info("%s: loaded %d rule(s)", self.name, len(self.watch.rules.rules))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             if self.step():
                 continue
             due = self.queue.next_due()
-            timeout = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - time.time()))
-            if timeout > 0 and self.wait(timeout):
+            # Work can be due yet not ours to take (a destination at its concurrency cap):
+            # never spin on the database, always sleep a little.
+            timeout = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, due - time.time())
+            if self.wait(max(MIN_WAIT_S, timeout)):
                 # Woken by a commit: while a sender streams, let a batch gather rather than
                 # spend four queue transactions (each an fsync) on every single instance.
                 stop.wait(BATCH_LINGER_S)
@@ -98,11 +107,14 @@ class Worker:
     def step(self) -> bool:
         """Do one unit of work; False when nothing was due."""
         self.reload_rules()
+        released = self.queue.release_held()
+        if released:
+            log.info("%s: %d held job(s) released (series/study quiet)", self.name, released)
         return self.route() or self.deliver()
 
     # -- routing ----------------------------------------------------------------------
     def route(self) -> bool:
-        rules = self.rules
+        rules = self.watch.rules
         if rules is None:
             return False
         batch = self.queue.lease_unrouted(self.name, ROUTE_BATCH, self.cfg.workers.lease_seconds)
@@ -116,18 +128,22 @@ class Worker:
                     log.warning(
                         "instance %s: header unreadable for rules: %s", inst.sop_instance_uid, exc
                     )
-            matched = rules.route(Candidate(ds, inst.calling_ae, inst.called_ae, inst.source))
-            routes = [Route(d, dec.rule) for dec in matched for d in dec.destinations]
-            if not routes:
+            fired = rules.route(context(inst, ds))
+            routes = [_route(v.rule, d, inst) for v in fired for d in v.rule.forward]
+            dropped = any(v.rule.drop for v in fired)
+            if not fired:
                 log.warning(
                     "instance %s from %s matched no rule; kept in the spool (queue purge"
                     " --unmatched drops it)",
                     inst.sop_instance_uid,
                     inst.calling_ae,
                 )
-            note = ", ".join(d.rule for d in matched) or "no rule matched"
-            decisions.append((inst.id, routes, note))
-        self.queue.set_routes(decisions)
+            note = ", ".join(v.rule.name for v in fired) or "no rule matched"
+            decisions.append((inst.id, routes, note, dropped))
+        for path in self.queue.set_routes(decisions):
+            Path(path).unlink(missing_ok=True)
+            metrics.DROPPED.inc()
+            log.info("dropped by rule: %s", path)
         return bool(batch)
 
     # -- delivery ---------------------------------------------------------------------
@@ -150,15 +166,55 @@ class Worker:
                 if j not in present
             }
             with LeaseHeartbeat(self.cfg, [j.id for j in present], owner, lease):
+                ready, copies = self._process(present, outcomes)
                 try:
-                    outcomes.update(dest.send(present))
+                    outcomes.update(dest.send(ready))
                 except Exception as exc:
                     log.exception("%s: delivery batch failed", dest_name)
                     outcomes.update(
-                        {j.id: TransientError(f"{type(exc).__name__}: {exc}") for j in present}
+                        {j.id: TransientError(f"{type(exc).__name__}: {exc}") for j in ready}
                     )
+                finally:
+                    for p in copies:
+                        p.unlink(missing_ok=True)
         self._record(dest_name, owner, jobs, outcomes)
         return True
+
+    def _process(
+        self, jobs: list[Job], outcomes: dict[int, DeliveryError | None]
+    ) -> tuple[list[Job], list[Path]]:
+        """Run each job's rule actions on a copy of its original; a job whose actions
+        fail gets a permanent error (the same input would fail again), never the original
+        sent in its place. Returns the jobs to send and the copies to delete afterwards."""
+        ready, copies = [], []
+        for job in jobs:
+            if job.actions is None:
+                ready.append(job)
+                continue
+            out = self.work_dir / f"{uuid.uuid4().hex}.dcm"
+            try:
+                ds = dcmread(job.path, force=True)
+                self._pipeline(job.actions).apply(ds)
+                ready.append(write_processed(ds, out, job))
+                copies.append(out)
+            except Exception as exc:
+                out.unlink(missing_ok=True)
+                why = str(exc) if isinstance(exc, ActionError) else f"{type(exc).__name__}: {exc}"
+                log.error("rule %s on %s: %s", job.rule, job.sop_instance_uid, why)
+                outcomes[job.id] = PermanentError(f"rule {job.rule!r}: {why}")
+        return ready, copies
+
+    def _pipeline(self, actions: str) -> Pipeline:
+        pipe = self._pipelines.get(actions)
+        if pipe is None:
+            pipe = Pipeline(json.loads(actions), action_env(self.cfg))
+            self._pipelines[actions] = pipe
+        return pipe
+
+    def _close_pipelines(self) -> None:
+        for pipe in self._pipelines.values():
+            pipe.close()
+        self._pipelines.clear()
 
     def _record(
         self, dest: str, owner: str, jobs: list[Job], outcomes: dict[int, DeliveryError | None]
@@ -200,6 +256,45 @@ class Worker:
                 )  # fmt: skip
 
     def close(self) -> None:
+        self._close_pipelines()
         for d in self.destinations.values():
             d.close()
         self.queue.close()
+
+
+def context(inst: Instance, ds: Dataset) -> Context:
+    return Context(
+        ds,
+        inst.calling_ae,
+        inst.called_ae,
+        inst.source,
+        inst.sop_class_uid,
+        inst.transfer_syntax,
+        inst.received_at,
+    )
+
+
+def _route(rule: Rule, destination: str, inst: Instance) -> Route:
+    t = rule.trigger
+    if t.per == "instance":
+        return Route(destination, rule.name, rule.actions)
+    uid = inst.series_uid if t.per == "series" else inst.study_uid
+    key = "\x1f".join((rule.name, destination, t.per, uid or inst.sop_instance_uid))
+    return Route(destination, rule.name, rule.actions, key, t.quiet_seconds, t.max_wait_seconds)
+
+
+def write_processed(ds: Dataset, out: Path, job: Job) -> Job:
+    """Write an actions' result as a Part 10 file; the job as the destination must see it."""
+    meta = ds.file_meta
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(out, enforce_file_format=True)
+    return replace(
+        job,
+        path=str(out),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax=str(meta.TransferSyntaxUID),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+    )

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.rules import Candidate, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,57 +113,3 @@ def test_calling_ae_pinned_to_networks(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(bad, environ={})
     assert "dimse.allowed_calling_aets.0" in exc.value.problems[0]
-
-
-# -- rules ---------------------------------------------------------------------------------
-DESTS = {"archive": object(), "pacs": object()}
-
-
-def rules_dir(tmp_path: Path, **files: str) -> Path:
-    d = tmp_path / "rules"
-    d.mkdir(exist_ok=True)
-    for name, text in files.items():
-        (d / name).write_text(text)
-    return d
-
-
-def test_rules_match_exact_tags_and_every_matching_rule_fires(tmp_path):
-    d = rules_dir(
-        tmp_path,
-        **{
-            "10-all.yaml": "rules:\n  - {name: all, match: {}, forward: [archive]}\n",
-            "20-ct.yaml": "rules:\n  - name: ct\n    match: {Modality: CT, '(0010,0020)': P1}\n"
-            "    forward: [pacs]\n",
-        },
-    )
-    rules = load_rules(d, DESTS)
-    ds = Dataset()
-    ds.Modality, ds.PatientID = "CT", "P1"
-    assert [(x.rule, x.destinations) for x in rules.route(Candidate(ds))] == [
-        ("all", ("archive",)),
-        ("ct", ("pacs",)),
-    ]
-    ds.PatientID = "P2"
-    assert [x.rule for x in rules.route(Candidate(ds))] == ["all"]
-    ok, why = rules.rules[1].matches(Candidate(Dataset()))
-    assert not ok and why == "Modality is absent"
-
-
-def test_rule_errors_name_file_line_and_reason(tmp_path):
-    d = rules_dir(
-        tmp_path,
-        **{
-            "a.yaml": "rules:\n  - {name: one, match: {}, forward: [archive]}\n"
-            "  - name: two\n    match: {NotAKeyword: 1}\n    forward: [nowhere]\n    colour: red\n",
-            "b.yaml": "rules: [\n",
-        },
-    )
-    with pytest.raises(ConfigError) as exc:
-        load_rules(d, DESTS)
-    a, b = d / "a.yaml", d / "b.yaml"
-    assert exc.value.problems == [
-        f"{a}: line 3: unknown key 'colour' (known: forward, match, name)",
-        f"{a}: line 3: match: 'NotAKeyword' is not a DICOM keyword or (gggg,eeee) tag",
-        f"{a}: line 3: forward: unknown destination 'nowhere' (config.yaml has: archive, pacs)",
-        f"{b}: line 2: invalid YAML: expected the node content, but found '<stream end>'",
-    ]

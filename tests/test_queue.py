@@ -19,7 +19,7 @@ def queue_with_job(tmp_path) -> tuple[Queue, int]:
                      str(spool), 1)]
     )  # fmt: skip
     [inst] = q.lease_unrouted("w", 10, 30)
-    q.set_routes([(inst.id, [Route("pacs", "all"), Route("archive", "all")], "all")])
+    q.set_routes([(inst.id, [Route("pacs", "all"), Route("archive", "all")], "all", False)])
     return q, iid
 
 
