@@ -275,8 +275,18 @@ def dead(cfg: Config, destination: str | None, as_json: bool) -> None:
 @click.option("--destination", "-d", default=None)
 @click.pass_obj
 def retry(cfg: Config, destination: str | None) -> None:
-    """Send dead letters again, now, with a fresh set of attempts."""
-    n = _queue(cfg).retry_dead(destination)
+    """Send dead letters again, now, with a fresh set of attempts and the current rules'
+    actions (so a rule fixed after its actions failed is what runs)."""
+    from gateway.rules import load_configured
+
+    try:
+        current = {r.name: r.actions for r in load_configured(cfg).rules}
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        click.echo("rules rejected: fix them first, or the retry would run stale actions", err=True)
+        sys.exit(2)
+    n = _queue(cfg).retry_dead(destination, current)
     click.echo(f"{n} dead letter(s) queued again")
 
 

@@ -504,9 +504,19 @@ class Queue:
         keys = ("instance", "sop_instance_uid", "calling_ae", "received_at", "note")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def retry_dead(self, destination: str | None = None) -> int:
-        """Give dead letters a fresh set of attempts, due now."""
+    def retry_dead(
+        self, destination: str | None = None, actions: dict[str, str | None] | None = None
+    ) -> int:
+        """Give dead letters a fresh set of attempts, due now. `actions` (rule name ->
+        action spec) replaces the actions a job froze when it was routed, so a rule fixed
+        after its actions failed is what the retry runs."""
         with _write(self.conn) as c:
+            for rule, spec in (actions or {}).items():
+                c.execute(
+                    "UPDATE jobs SET actions = ? WHERE state = 'dead' AND rule = ?"
+                    " AND (? IS NULL OR destination = ?)",
+                    (spec, rule, destination, destination),
+                )
             cur = c.execute(
                 "UPDATE jobs SET state = 'pending', attempts = 0, due_at = ?, created_at = ?"
                 " WHERE state = 'dead' AND (? IS NULL OR destination = ?)",

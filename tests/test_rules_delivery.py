@@ -171,4 +171,12 @@ def test_drop_failure_and_dry_run(tmp_path, gateway_factory, storescp_factory):
     assert api.json()["rules"][2]["changes"] == report["rules"][2]["changes"]
     not_dicom = httpx.post(f"http://127.0.0.1:{gw.http_port}/api/rules/test", content=b"x" * 10)
     assert not_dicom.status_code == 400 and "not a readable DICOM" in not_dicom.json()["error"]
-    assert yaml.safe_load((gw.work / "rules" / "test.yaml").read_text())["rules"] == rules
+
+    # the admin fixes the rule; `queue retry` runs the fixed actions, not the frozen ones
+    rules[1]["modify"] = [{"set": {"InstitutionName": "Fixed"}}]
+    (gw.work / "rules" / "test.yaml").write_text(yaml.safe_dump({"rules": rules}))
+    out = gw.cli("queue", "retry")
+    assert out.returncode == 0 and "1 dead letter(s) queued again" in out.stdout, out.stderr
+    wait_for(lambda: len(pacs.files()) == 2, 30, "the retried instance")
+    fixed = [dataset_of(p) for p in pacs.files()]
+    assert {str(d.get("InstitutionName")) for d in fixed} == {"Routed", "Fixed"}
