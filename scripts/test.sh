@@ -8,6 +8,7 @@
 #   1. everything scripts/install.sh does, with the package installed editable plus the
 #      [test] extras: pip install -e '.[test]' into .venv;
 #   2. the real peers the tests talk to: apt-get install dcmtk orthanc orthanc-dicomweb
+#      dicom3tools (dciodvfy checks de-identified objects)
 #      (only what is missing; Orthanc's system service is kept from starting: the tests
 #      start their own Orthanc on free ports);
 #   3. the shared DICOM corpus: bash ../shared/corpus/build.sh, into $CORPUS_DIR
@@ -53,7 +54,7 @@ quiet_orthanc_service() {
 
 install_peers() {
   local need new_orthanc=0
-  need="$(missing_pkgs dcmtk orthanc orthanc-dicomweb)"
+  need="$(missing_pkgs dcmtk orthanc orthanc-dicomweb dicom3tools)"
   [ -n "$need" ] || return 0
   if grep -qx orthanc <<<"$need"; then
     new_orthanc=1
@@ -64,7 +65,7 @@ install_peers() {
     POLICY_CREATED=1
     trap remove_policy EXIT
   fi
-  apt_install dcmtk orthanc orthanc-dicomweb
+  apt_install dcmtk orthanc orthanc-dicomweb dicom3tools
   remove_policy
   trap - EXIT
   if [ "$new_orthanc" = 1 ]; then

@@ -360,3 +360,17 @@ def test_drop_deletes_the_instance_and_returns_its_file(tmp_path):
     [i] = q.lease_unrouted("w", 10, 30)
     assert q.set_routes([(i.id, [], "junk", True)]) == [str(p)]
     assert q.instance_stats() == {}
+
+
+def test_every_example_in_the_rules_guide_loads(tmp_path):
+    """docs/rules.md is what admins copy from: each YAML block must load as it stands."""
+    import re
+
+    guide = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, flags=re.S)
+    assert len(blocks) >= 6
+    (tmp_path / "recipes").mkdir()
+    for i, block in enumerate(blocks):
+        d = rules_dir(tmp_path / f"b{i}", **{"r.yaml": block})
+        rules = load_rules(d, DESTS)
+        assert rules.rules, block
