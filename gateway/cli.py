@@ -133,6 +133,39 @@ def rules_test(
     sys.exit(1 if failed else 0)
 
 
+@main.group()
+def deid() -> None:
+    """De-identification: authorised re-identification of pseudonyms."""
+
+
+@deid.command()
+@click.argument("pseudonym")
+@click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
+def reidentify(pseudonym: str, config: str | None) -> None:
+    """The original Patient ID and Patient's Name behind a pseudonymous Patient ID.
+    Needs the configured secret and read access to data_dir/pseudonyms.db."""
+    from gateway.pipeline import action_env
+    from gateway.pseudonyms import PseudonymStore
+
+    env = action_env(_load(config))
+    if env.secret is None or env.pseudonym_db is None or not env.pseudonym_db.exists():
+        click.echo(
+            "no pseudonym store (deidentify.secret unset, or nothing de-identified)", err=True
+        )
+        sys.exit(1)
+    try:
+        store = PseudonymStore(env.pseudonym_db, env.secret)
+    except ValueError as exc:
+        click.echo(f"{env.pseudonym_db}: {exc}", err=True)
+        sys.exit(1)
+    found = store.lookup(pseudonym)
+    store.close()
+    if found is None:
+        click.echo(f"{pseudonym}: not a pseudonym this gateway made", err=True)
+        sys.exit(1)
+    click.echo(f"PatientID={found[0]}\tPatientName={found[1]}")
+
+
 @main.command()
 @click.argument("address")
 @click.option("--aet", default="ECHOSCU", show_default=True, help="our (calling) AE title")

@@ -180,3 +180,50 @@ def test_drop_failure_and_dry_run(tmp_path, gateway_factory, storescp_factory):
     wait_for(lambda: len(pacs.files()) == 2, 30, "the retried instance")
     fixed = [dataset_of(p) for p in pacs.files()]
     assert {str(d.get("InstitutionName")) for d in fixed} == {"Routed", "Fixed"}
+
+
+def test_deidentify_rule_end_to_end_with_consistent_pseudonyms(
+    tmp_path, gateway_factory, storescp_factory
+):
+    pacs, research = storescp_factory("pacs"), storescp_factory("research")
+    rules = [
+        {"name": "as-is", "forward": ["pacs"]},
+        {
+            "name": "research",
+            "deidentify": {"options": ["retain_long_modified_dates"]},
+            "forward": ["research"],
+        },
+    ]
+    gw = gateway_factory(
+        {"pacs": dicom_dest(pacs), "research": dicom_dest(research)},
+        rules,
+        env={"GATEWAY__DEIDENTIFY__SECRET": "test-secret-0123456789"},
+    ).start()
+    files = ct_series(tmp_path / "s", 3, rows=16, cols=16)
+    originals = [dataset_of(f) for f in files]
+    assert storescu(gw.port, files).returncode == 0
+    wait_for(lambda: len(research.files()) == 3 and len(pacs.files()) == 3, 60, "delivery")
+    first = {p.name: dataset_of(p) for p in research.files()}
+    for ds in first.values():
+        assert ds.PatientIdentityRemoved == "YES"
+        assert ds.PatientID.startswith("ANON-") and str(ds.PatientName) != "Synthetic^Patient"
+        assert ds.StudyInstanceUID != originals[0].StudyInstanceUID
+        assert ds.StudyDate != originals[0].StudyDate  # shifted, longitudinal
+    assert len({d.StudyInstanceUID for d in first.values()}) == 1
+    assert not {d.SOPInstanceUID for d in first.values()} & {o.SOPInstanceUID for o in originals}
+    for p in research.files():
+        raw = p.read_bytes()
+        assert b"Synthetic^Patient" not in raw and b"SYN0001" not in raw
+    # the same study sent again maps to the same pseudonymous UIDs (storescp files are
+    # named by SOP Instance UID: still three files, same datasets)
+    assert storescu(gw.port, files).returncode == 0
+    wait_for(lambda: len(pacs.files()) == 3 and jobs_in(gw, "pending") == 0, 30, "resend")
+    wait_for(lambda: metric(gw, "gateway_delivered_instances_total",
+                            '{destination="research"}') == 6, 30, "second research copy")  # fmt: skip
+    assert {p.name: dataset_of(p) for p in research.files()} == first
+    # an authorised admin re-identifies the pseudonym
+    pseudo = next(iter(first.values())).PatientID
+    out = gw.cli("deid", "reidentify", pseudo)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "PatientID=SYN0001\tPatientName=Synthetic^Patient"
+    assert (gw.data_dir / "pseudonyms.db").stat().st_mode & 0o077 == 0
