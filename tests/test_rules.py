@@ -374,3 +374,26 @@ def test_every_example_in_the_rules_guide_loads(tmp_path):
         d = rules_dir(tmp_path / f"b{i}", **{"r.yaml": block})
         rules = load_rules(d, DESTS)
         assert rules.rules, block
+
+
+def test_a_deid_recipe_rule_runs_through_the_pipeline(tmp_path):
+    """A site's `deid` recipe as a rule action: checked at load, run isolated, changes listed."""
+    from pydicom import dcmread
+
+    from gateway.dryrun import dry_run
+    from gateway.pipeline import ActionEnv
+    from tests.synth import ct_series
+
+    rule = "rules:\n  - {name: site, forward: [archive], deidentify: {recipe: recipes/site.deid}}\n"
+    d = rules_dir(tmp_path, **{"r.yaml": rule})
+    (d / "recipes").mkdir()
+    recipe = Path(__file__).parent.parent / "rules" / "recipes" / "site.deid"
+    (d / "recipes" / "site.deid").write_text(recipe.read_text())
+    rules = load_rules(d, DESTS, deid_secret=False)  # a recipe needs no gateway secret
+    ds = dcmread(ct_series(tmp_path / "s", 1, rows=16, cols=16)[0])
+    report = dry_run(rules, ds, ActionEnv(d))
+    [entry] = report["rules"]
+    assert entry["fired"] and entry["error"] is None
+    changed = [c["path"] for c in entry["changes"]["deidentify"]]
+    assert any("PatientName" in c for c in changed), changed
+    assert str(ds.PatientName) == "Synthetic^Patient"  # the dry run worked on a copy
