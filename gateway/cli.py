@@ -12,6 +12,7 @@ import click
 
 from gateway.config import Config, DicomDestination, load_config
 from gateway.errors import ConfigError
+from gateway.rules import RuleSet, load_configured
 
 CONFIG_HELP = "configuration file (default ./config.yaml, or $GATEWAY_CONFIG)"
 
@@ -19,6 +20,16 @@ CONFIG_HELP = "configuration file (default ./config.yaml, or $GATEWAY_CONFIG)"
 def _load(config: str | None) -> Config:
     try:
         return load_config(config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(2)
+
+
+def _rules(cfg: Config) -> RuleSet:
+    """The configured rules, or every problem (file, line, reason) and exit 2."""
+    try:
+        return load_configured(cfg)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line, err=True)
@@ -42,16 +53,10 @@ def main() -> None:
 @click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
 def run(config: str | None) -> None:
     """Run everything: DIMSE listener(s), workers and the HTTP server."""
-    from gateway.rules import load_configured
     from gateway.supervisor import run as run_supervisor
 
     cfg = _load(config)
-    try:
-        load_configured(cfg)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(2)
+    _rules(cfg)
     sys.exit(run_supervisor(cfg))
 
 
@@ -60,15 +65,9 @@ def run(config: str | None) -> None:
 def check(config: str | None) -> None:
     """Validate the configuration and the rules; one line per problem, non-zero exit."""
     from gateway.config import warnings
-    from gateway.rules import load_configured
 
     cfg = _load(config)
-    try:
-        rules = load_configured(cfg)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(2)
+    rules = _rules(cfg)
     for w in warnings(cfg):
         click.echo(f"warning: {w}", err=True)
     click.echo(
@@ -103,15 +102,9 @@ def rules_test(
 
     from gateway.dryrun import dry_run, render
     from gateway.pipeline import action_env
-    from gateway.rules import load_configured
 
     cfg = _load(config)
-    try:
-        ruleset = load_configured(cfg)
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(2)
+    ruleset = _rules(cfg)
     env = action_env(cfg)
     reports, failed = {}, False
     for path in paths:
@@ -310,15 +303,7 @@ def dead(cfg: Config, destination: str | None, as_json: bool) -> None:
 def retry(cfg: Config, destination: str | None) -> None:
     """Send dead letters again, now, with a fresh set of attempts and the current rules'
     actions (so a rule fixed after its actions failed is what runs)."""
-    from gateway.rules import load_configured
-
-    try:
-        current = {r.name: r.actions for r in load_configured(cfg).rules}
-    except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(line, err=True)
-        click.echo("rules rejected: fix them first, or the retry would run stale actions", err=True)
-        sys.exit(2)
+    current = {r.name: r.actions for r in _rules(cfg).rules}  # rejected rules: exit 2
     n = _queue(cfg).retry_dead(destination, current)
     click.echo(f"{n} dead letter(s) queued again")
 

@@ -85,8 +85,9 @@ class Worker:
         self._close_pipelines()  # lookup files and recipes beside the rules may have changed
         if self.watch.problems:
             metrics.RULES_RELOADS.labels(result="rejected").inc()
+            kept = "previous rules kept" if self.watch.rules else "no rules yet: instances wait"
             for line in self.watch.problems:
-                log.error("%s: rules rejected, previous rules kept: %s", self.name, line)
+                log.error("%s: rules rejected, %s: %s", self.name, kept, line)
         else:
             metrics.RULES_RELOADS.labels(result="loaded").inc()
             log.info("%s: loaded %d rule(s)", self.name, len(self.watch.rules.rules))

@@ -71,6 +71,9 @@ def test_hot_reload_and_a_rejected_file_keeps_the_previous_rules(
         [{"name": "ct", "match": {"Modality": "CT"}, "forward": ["pacs"]}],
     ).start()
     pid = gw.proc.pid
+    # a worker keeps its previous rules: let both have some (one that starts while the
+    # files are bad has none, and routes nothing until they are fixed)
+    wait_for(lambda: gw.logs().count("loaded 1 rule(s)") == 2, 20, "workers' rules")
     bad = gw.work / "rules" / "zz-new.yaml"
     bad.write_text("rules:\n  - name: broken\n    forward: [nowhere]\n")
     wait_for(lambda: gw.http("/readyz").json()["rules"]["rejected"], 20, "rejection shown")
