@@ -1,4 +1,5 @@
-"""An association the gateway opens to a C-STORE SCP: negotiation, then files sent as stored.
+"""An association the gateway opens to a C-STORE SCP: negotiation, then files sent as stored
+(or, when transcoded for a peer that does not take their own syntax, from memory).
 
 The counterpart of `gateway.association` for sending. pynetdicom as a sender reached
 ~130 instances/s here (PITFALLS.md); framing a stored file's dataset bytes into P-DATA-TF
@@ -7,6 +8,7 @@ PDUs needs no dataset decoding at all. Negotiation uses pynetdicom's PDU classes
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import socket
@@ -149,22 +151,39 @@ class StoreRequestor:
         return cls(sock, reader, accepted, max_pdv)
 
     # -- messages ------------------------------------------------------------------------
+    def accepts(self, sop_class: str, ts: str) -> bool:
+        """Whether the peer accepted a context for this SOP class in this syntax."""
+        return (sop_class, ts) in self.contexts
+
     def store(self, path: Path, sop_class: str, sop_uid: str, ts: str) -> tuple[int, str]:
         """Send one stored file; (status, error comment). NoContext, NotPart10, Lost."""
+        context_id = self._context_id(sop_class, ts)
+        with open(path, "rb", buffering=0) as fp:
+            return self._store(context_id, fp, sop_class, sop_uid)
+
+    def store_part10(self, data: bytes, sop_class: str, sop_uid: str, ts: str) -> tuple[int, str]:
+        """Send a Part 10 file held in memory (a transcoded instance) whose dataset is
+        encoded in `ts`; as store()."""
+        return self._store(self._context_id(sop_class, ts), io.BytesIO(data), sop_class, sop_uid)
+
+    def _context_id(self, sop_class: str, ts: str) -> int:
         context_id = self.contexts.get((sop_class, ts))
         if context_id is None:
             raise NoContext(f"no accepted context for {sop_class} in {ts}")
+        return context_id
+
+    def _store(self, context_id: int, fp, sop_class: str, sop_uid: str) -> tuple[int, str]:  # noqa: ANN001
+        """C-STORE-RQ with the dataset after the file meta of the Part 10 file `fp`."""
         message_id = next(self._ids) & 0xFFFF
-        with open(path, "rb", buffering=0) as fp:
-            start = dataset_offset(fp)
-            size = fp.seek(0, 2)
-            fp.seek(start)
-            command = ul.store_rq(message_id, sop_class, sop_uid)
-            try:
-                self._send_command(context_id, command)
-                self._send_dataset(context_id, fp, size - start)
-            except OSError as exc:
-                raise Lost(f"sending failed: {exc}") from exc
+        start = dataset_offset(fp)
+        size = fp.seek(0, 2)
+        fp.seek(start)
+        command = ul.store_rq(message_id, sop_class, sop_uid)
+        try:
+            self._send_command(context_id, command)
+            self._send_dataset(context_id, fp, size - start)
+        except OSError as exc:
+            raise Lost(f"sending failed: {exc}") from exc
         return self._response(message_id)
 
     def echo(self) -> int:

@@ -28,6 +28,7 @@ from gateway.pipeline import ActionError, Pipeline, action_env
 from gateway.queue import Instance, Job, Queue, Route
 from gateway.retry import next_attempt
 from gateway.rules import Rule, RulesWatch
+from gateway.transcode import part10_bytes
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def write_processed(ds: Dataset, out: Path, job: Job) -> Job:
     meta = ds.file_meta
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(out, enforce_file_format=True)
+    out.write_bytes(part10_bytes(ds))  # dcmwrite: save_as() will not change byte order
     return replace(
         job,
         path=str(out),

@@ -10,6 +10,7 @@ import time
 import psutil
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
 
 from tests.conftest import dicom_dest, wait_for
 from tests.peers import free_port, start_storescp, storescu
@@ -82,12 +83,17 @@ def test_permanent_failure_dead_letters_and_queue_retry_delivers_after_fix(
     tmp_path, gateway_factory, storescp_factory
 ):
     port = free_port()
-    jpeg = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")  # JPEG Baseline
+    # JPEG Baseline whose pixel data no decoder can read: the gateway cannot transcode it
+    jpeg = tmp_path / "broken_jpeg.dcm"
+    broken = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    broken.PixelData = encapsulate([b"\xff\xd8" + bytes(200)])
+    broken.save_as(jpeg)
     ct = ct_series(tmp_path / "s", 3, rows=64, cols=64)
     dest = {"type": "dicom", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port,
             "connect_timeout": 2, "retry": {**FAST_RETRY, "max_attempts": 3}}  # fmt: skip
     gw = gateway_factory({"pacs": dest}, ALL).start()
-    # 1. A peer that accepts no JPEG: that instance is dead at once (permanent), the rest go.
+    # 1. A peer that accepts no JPEG, and a JPEG that cannot be transcoded: that instance
+    #    is dead at once (permanent), the rest go.
     picky = start_storescp(tmp_path / "picky", port=port, accept=None)
     try:
         assert storescu(gw.port, [jpeg], "-xy").returncode == 0

@@ -230,3 +230,24 @@ def test_deidentify_rule_end_to_end_with_consistent_pseudonyms(
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "PatientID=SYN0001\tPatientName=Synthetic^Patient"
     assert (gw.data_dir / "pseudonyms.db").stat().st_mode & 0o077 == 0
+
+
+def test_transcode_rules_deliver_the_requested_syntax_with_the_same_pixels(
+    tmp_path, gateway_factory, storescp_factory
+):
+    j2k_scp, be_scp = storescp_factory("j2k"), storescp_factory("be")
+    rules = [
+        {"name": "j2k", "transcode": "j2k-lossless", "forward": ["j2k"]},
+        {"name": "be", "transcode": "big-endian", "forward": ["be"]},
+    ]
+    gw = gateway_factory({"j2k": dicom_dest(j2k_scp), "be": dicom_dest(be_scp)}, rules).start()
+    files = ct_series(tmp_path / "s", 2, rows=32, cols=32)
+    assert storescu(gw.port, files).returncode == 0
+    wait_for(lambda: len(j2k_scp.files()) == 2 and len(be_scp.files()) == 2, 60, "delivery")
+    originals = {str(dataset_of(f).SOPInstanceUID): dcmread(f) for f in files}
+    for scp, ts in ((j2k_scp, "1.2.840.10008.1.2.4.90"), (be_scp, "1.2.840.10008.1.2.2")):
+        for p in scp.files():
+            ds = dcmread(p)
+            assert ds.file_meta.TransferSyntaxUID == ts
+            orig = originals[str(ds.SOPInstanceUID)]  # the SOP Instance UID is kept
+            assert (ds.pixel_array == orig.pixel_array).all()

@@ -1,9 +1,13 @@
 """DICOM C-STORE destination (PACS, AI engine).
 
-One association per batch; one presentation context per (SOP class, transfer syntax)
-proposing exactly the file's own syntax, so files are sent as stored, never decoded
-(`gateway.requestor` frames the file's bytes). A dropped association mid-batch (a peer
-restart, a timeout) is reopened once and the unconfirmed instances are resent.
+One association per batch; one presentation context per (SOP class, transfer syntax): the
+file's own syntax first, then Explicit and Implicit VR Little Endian as fallbacks, each in a
+context of its own (PITFALLS.md: offered together, a peer may pick Implicit). When the peer
+accepts the file's own syntax the file is sent as stored, never decoded (`gateway.requestor`
+frames the file's bytes); when it accepts only a fallback, the instance is transcoded
+(`gateway.transcode`) and sent from memory, and one that cannot be is a permanent failure
+that says why. A dropped association mid-batch (a peer restart, a timeout) is reopened once
+and the unconfirmed instances are resent.
 """
 
 from __future__ import annotations
@@ -11,16 +15,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from gateway.config import DicomDestination
 from gateway.errors import DeliveryError, PermanentError, TransientError
 from gateway.queue import Job
-from gateway.requestor import AssociationFailed, Lost, NoContext, NotPart10, StoreRequestor
+from gateway.requestor import AssociationFailed, Lost, NotPart10, StoreRequestor
+from gateway.transcode import TranscodeError, TranscodeSpec, part10_bytes, transcode
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 127  # PS3.8 allows 128 per association; one is Verification
 WARNINGS = {0xB000, 0xB006, 0xB007}  # coercion / elements discarded / data set mismatch
 RECONNECTS_PER_BATCH = 1
+#: Proposed beside each file's own syntax, in this order of preference; every SCP must take
+#: Implicit VR Little Endian (PS3.5 10.1).
+FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def classify(status: int) -> DeliveryError | None:
@@ -56,7 +68,7 @@ class DicomStore:
                 (s.host, s.port),
                 s.ae_title,
                 self.calling_ae,
-                [(j.sop_class_uid, j.transfer_syntax) for j in jobs],
+                list(dict.fromkeys(key for job in jobs for key in _contexts(job))),
                 max_pdu=s.max_pdu,
                 connect_timeout=s.connect_timeout,
                 dimse_timeout=s.dimse_timeout,
@@ -114,15 +126,16 @@ class DicomStore:
 
     def _send_one(self, assoc: StoreRequestor, job: Job) -> DeliveryError | Lost | None:
         try:
-            status, comment = assoc.store(
-                Path(job.path), job.sop_class_uid, job.sop_instance_uid, job.transfer_syntax
-            )
-        except NoContext:
-            return PermanentError(
-                f"{self.spec.ae_title} accepts no context for SOP class {job.sop_class_uid} "
-                f"in transfer syntax {job.transfer_syntax}"
-            )
-        except (OSError, NotPart10) as exc:
+            if assoc.accepts(job.sop_class_uid, job.transfer_syntax):
+                status, comment = assoc.store(
+                    Path(job.path), job.sop_class_uid, job.sop_instance_uid, job.transfer_syntax
+                )
+            else:
+                sent = self._store_transcoded(assoc, job)
+                if isinstance(sent, PermanentError):
+                    return sent
+                status, comment = sent
+        except (OSError, NotPart10, InvalidDicomError) as exc:
             return PermanentError(f"cannot send spool file {job.path}: {exc}")
         except Lost as exc:
             return exc  # unconfirmed: resend on a new association
@@ -131,8 +144,43 @@ class DicomStore:
             return type(error)(f"{error}: {comment}")
         return error
 
+    def _store_transcoded(
+        self, assoc: StoreRequestor, job: Job
+    ) -> tuple[int, str] | PermanentError:
+        """The peer did not take the file's own syntax: decode and re-encode the instance
+        in memory to a fallback syntax it took, and send that."""
+        refused = (
+            f"{self.spec.ae_title} accepts no context for SOP class {job.sop_class_uid} "
+            f"in transfer syntax {job.transfer_syntax}"
+        )
+        target = next((t for t in FALLBACK_SYNTAXES if assoc.accepts(job.sop_class_uid, t)), "")
+        if not target:
+            return PermanentError(refused)
+        try:
+            ds = dcmread(job.path)
+            transcode(ds, TranscodeSpec(target))
+            data = part10_bytes(ds)
+        except TranscodeError as exc:
+            return PermanentError(f"{refused}, and it cannot be sent in {UID(target).name}: {exc}")
+        log.info(
+            "%s: %s does not accept %s in %s; sending it transcoded to %s",
+            self.name,
+            self.spec.ae_title,
+            job.sop_instance_uid,
+            UID(job.transfer_syntax).name,
+            UID(target).name,
+        )
+        return assoc.store_part10(data, job.sop_class_uid, job.sop_instance_uid, target)
+
     def close(self) -> None:
         pass
+
+
+def _contexts(job: Job) -> list[tuple[str, str]]:
+    """(SOP class, syntax) to propose for a job: its own syntax first, then the fallbacks."""
+    return [
+        (job.sop_class_uid, ts) for ts in dict.fromkeys((job.transfer_syntax, *FALLBACK_SYNTAXES))
+    ]
 
 
 def _by_context_limit(jobs: list[Job]) -> list[list[Job]]:
@@ -140,10 +188,11 @@ def _by_context_limit(jobs: list[Job]) -> list[list[Job]]:
     chunks: list[list[Job]] = []
     keys: set[tuple[str, str]] = set()
     for job in jobs:
-        key = (job.sop_class_uid, job.transfer_syntax)
-        if not chunks or (key not in keys and len(keys) >= MAX_CONTEXTS):
+        new = set(_contexts(job)) - keys
+        if not chunks or len(keys) + len(new) > MAX_CONTEXTS:
             chunks.append([])
             keys = set()
-        keys.add(key)
+            new = set(_contexts(job))
+        keys |= new
         chunks[-1].append(job)
     return chunks
