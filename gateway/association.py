@@ -1,8 +1,11 @@
-"""One accepted DIMSE association: negotiation, then the C-STORE / C-ECHO data phase.
+"""One accepted DIMSE association: negotiation, then the data phase.
 
 Negotiation uses pynetdicom's PDU classes and presentation-context negotiation. The data
-phase is `gateway.ul`: each dataset is copied from the socket straight into its spool file
-and the response goes out only after `Services.store()` has made the instance durable.
+phase is `gateway.ul`: each C-STORE dataset is copied from the socket straight into its
+spool file and the response goes out only after `Services.store()` has made the instance
+durable. A C-FIND, C-MOVE or C-GET identifier is read into memory and handed, as an
+`Operation`, to `Services.operation()`, which answers through it (pending responses,
+sub-operations on this association for a C-GET, a C-CANCEL noticed between responses).
 Anything a peer does against PS3.8 ends the association with an A-ABORT and a log line;
 a half-received dataset is removed and its sender never got Success for it.
 """
@@ -10,13 +13,19 @@ a half-received dataset is removed and its sender never got Success for it.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
@@ -36,6 +45,9 @@ from pynetdicom.presentation import (
 from gateway import ul
 from gateway.spool import start_writeback
 
+if TYPE_CHECKING:
+    from gateway.requestor import StoreRequestor
+
 log = logging.getLogger(__name__)
 
 IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
@@ -45,6 +57,9 @@ IMPLEMENTATION_VERSION = PYNETDICOM_IMPLEMENTATION_VERSION
 MAX_ASSOCIATE_RQ = 4 << 20
 #: C-STORE/C-ECHO command sets are a few hundred bytes.
 MAX_COMMAND = 64 << 10
+#: A query identifier is a few kilobytes at most.
+MAX_IDENTIFIER = 1 << 20
+QR_COMMANDS = {ul.C_FIND_RQ: "C-FIND", ul.C_MOVE_RQ: "C-MOVE", ul.C_GET_RQ: "C-GET"}
 
 # DIMSE statuses this front-end answers with (PS3.7 C.4, PS3.4 B.2.3)
 SUCCESS = 0x0000
@@ -101,6 +116,9 @@ class Services(Protocol):
     ) -> Outcome:
         """Make the received file durable; Success only once it is."""
 
+    def operation(self, op: Operation) -> None:
+        """Serve a C-FIND, C-MOVE or C-GET to its final response (through `op`)."""
+
 
 #: Bytes of each received file kept in memory: preamble, file meta and the start of the
 #: dataset, enough for the header of nearly every instance (read without touching the file).
@@ -138,18 +156,92 @@ class _SpoolFile:
         self.raw.close()
 
 
+class _Memory:
+    """Where a query identifier is collected; refuses to grow past MAX_IDENTIFIER."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: memoryview) -> int:
+        if len(self.data) + len(data) > MAX_IDENTIFIER:
+            raise ul.ProtocolError(f"identifier longer than {MAX_IDENTIFIER} bytes")
+        self.data += data
+        return len(data)
+
+
 @dataclass
 class _Incoming:
-    """A C-STORE (or an unsupported request) whose dataset is still arriving."""
+    """A request whose dataset is still arriving."""
 
     context_id: int
     message_id: int
     command_field: int
     sop_class: str
     sop_uid: str
+    command: dict[int, bytes] = field(default_factory=dict)
     path: Path | None = None
     file: _SpoolFile | None = None
+    memory: _Memory | None = None  # a query identifier, read into memory
     failure: Outcome | None = None
+
+
+class Operation:
+    """A C-FIND, C-MOVE or C-GET being served: what was asked, and how to answer it."""
+
+    def __init__(self, assoc: Association, incoming: _Incoming, identifier: Dataset) -> None:
+        self._assoc = assoc
+        self._incoming = incoming
+        self._cancel = False
+        self.peer = assoc.peer
+        self.command_field = incoming.command_field
+        self.name = QR_COMMANDS[incoming.command_field]
+        self.sop_class = incoming.sop_class
+        self.identifier = identifier
+        self.move_destination = ul.ui(incoming.command, ul.MOVE_DESTINATION).strip()
+
+    def respond(
+        self,
+        status: int,
+        identifier: Dataset | None = None,
+        *,
+        counts: tuple[int | None, int, int, int] | None = None,
+        comment: str = "",
+    ) -> None:
+        """Send one response (pending or final), with an identifier dataset if given."""
+        a, inc = self._assoc, self._incoming
+        command = ul.response(
+            inc.command_field | 0x8000,
+            inc.message_id,
+            inc.sop_class,
+            status,
+            comment=comment,
+            has_dataset=identifier is not None,
+            counts=counts,
+        )
+        a.send_message(inc.context_id, command, a.encode(inc.context_id, identifier))
+
+    def cancelled(self) -> bool:
+        """Whether the peer sent a C-CANCEL for this operation (checked without waiting)."""
+        while not self._cancel and self._assoc.reader.ready():
+            self._assoc.read_during(self)
+        return self._cancel
+
+    def cancel(self) -> None:
+        self._cancel = True
+
+    @property
+    def message_id(self) -> int:
+        return self._incoming.message_id
+
+    def sub_operations(self) -> StoreRequestor:
+        """A C-STORE requestor on this association, over the storage contexts in which the
+        peer took the SCP role (C-GET); a C-CANCEL among its responses cancels `self`."""
+        from gateway.requestor import StoreRequestor
+
+        a = self._assoc
+        sender = StoreRequestor(a.sock, a.reader, dict(a.peer_scp_contexts), a.peer_max_pdv)
+        sender.on_cancel = self.cancel
+        return sender
 
 
 class Association:
@@ -162,6 +254,9 @@ class Association:
         self.acse_timeout, self.network_timeout = timeouts
         self.reader = ul.PDUReader(sock)
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, syntax)
+        # (storage SOP class, syntax) -> context ID where the peer is SCP (C-GET targets)
+        self.peer_scp_contexts: dict[tuple[str, str], int] = {}
+        self.peer_max_pdv = 1 << 20  # largest PDV value the peer takes (its max PDU - 6)
         self.peer = Peer("", "", address)
         self._command = bytearray()
         self._incoming: _Incoming | None = None
@@ -259,6 +354,21 @@ class Association:
             for cx in result
             if cx.result == 0x00
         }
+        self.peer_scp_contexts = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
+            for cx in result
+            if cx.result == 0x00 and cx.as_scu
+        }
+        peer_max = next(
+            (
+                int(item.maximum_length_received or 0)
+                for item in rq.user_information
+                if isinstance(item, MaximumLengthNotification)
+            ),
+            0,
+        )
+        if peer_max > 6:
+            self.peer_max_pdv = peer_max - 6
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT_NAME
         ac.calling_ae_title = rq.calling_ae_title
@@ -328,6 +438,8 @@ class Association:
         command = ul.decode_command(bytes(self._command))
         self._command.clear()
         field_ = ul.us(command, ul.COMMAND_FIELD)
+        if field_ == ul.C_CANCEL_RQ:
+            return  # for an operation already answered: nothing to do (PS3.7 9.3.2.3)
         message_id = ul.us(command, ul.MESSAGE_ID)
         has_dataset = ul.us(command, ul.DATASET_TYPE) != ul.NO_DATASET
         incoming = _Incoming(
@@ -336,11 +448,15 @@ class Association:
             field_,
             ul.ui(command, ul.AFFECTED_SOP_CLASS),
             ul.ui(command, ul.AFFECTED_SOP_INSTANCE),
+            command,
         )
         if field_ == ul.C_STORE_RQ and has_dataset:
             self._start_store(incoming)
         elif field_ == ul.C_ECHO_RQ and not has_dataset:
             self._respond(incoming, Outcome(SUCCESS))
+        elif field_ in QR_COMMANDS and has_dataset:
+            incoming.memory = _Memory()
+            self._incoming = incoming
         else:
             incoming.failure = Outcome(
                 UNRECOGNIZED_OPERATION, f"command 0x{field_:04X} is not served here"
@@ -377,6 +493,12 @@ class Association:
             raise ul.ProtocolError("a dataset fragment arrived without a command")
         if context_id != incoming.context_id:
             raise ul.ProtocolError("a dataset continued on another presentation context")
+        if incoming.memory is not None:
+            self.reader.copy(n, incoming.memory)  # ProtocolError past MAX_IDENTIFIER
+            if mch & ul.MCH_LAST:
+                self._incoming = None
+                self._operation(incoming)
+            return
         error = self.reader.copy(n, incoming.file)
         if error is not None:
             self._write_failed(incoming, error)
@@ -427,6 +549,66 @@ class Association:
                 pass
             except OSError as exc:
                 log.warning("cannot remove partial receive %s: %s", incoming.path, exc)
+
+    # -- query / retrieve ----------------------------------------------------------------
+    def _operation(self, incoming: _Incoming) -> None:
+        assert incoming.memory is not None
+        ts = UID(self.contexts[incoming.context_id][1])
+        try:
+            identifier = read_dataset(
+                io.BytesIO(bytes(incoming.memory.data)), ts.is_implicit_VR, ts.is_little_endian
+            )
+        except Exception as exc:
+            name = QR_COMMANDS[incoming.command_field]
+            log.warning("%s from %s: identifier unreadable: %s", name, self.peer.calling_ae, exc)
+            self._respond(incoming, Outcome(CANNOT_UNDERSTAND, f"identifier unreadable: {exc}"))
+            return
+        self.services.operation(Operation(self, incoming, identifier))
+
+    def read_during(self, op: Operation) -> None:
+        """Read one PDU that arrived while `op` runs: a C-CANCEL for it is all a peer may
+        send then (no asynchronous operations are negotiated)."""
+        pdu_type, length = self.reader.header()
+        if pdu_type == ul.ABORT:
+            self.reader.exact(min(length, 4))
+            raise ul.Closed("aborted by the peer (A-ABORT)")
+        if pdu_type != ul.P_DATA_TF:
+            name = ul.PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}")
+            raise ul.ProtocolError(f"{name} while a {op.name} was being answered")
+        command = bytearray()
+        remaining = length
+        while remaining > 0:
+            n, _context_id, mch = self.reader.pdv_header()
+            remaining -= 6 + n
+            if not mch & ul.MCH_COMMAND or len(command) + n > MAX_COMMAND:
+                raise ul.ProtocolError(f"a dataset while a {op.name} was being answered")
+            command += self.reader.exact(n)
+        fields = ul.decode_command(bytes(command))
+        if ul.us(fields, ul.COMMAND_FIELD) != ul.C_CANCEL_RQ:
+            raise ul.ProtocolError(f"a new request while a {op.name} was being answered")
+        if ul.us(fields, ul.MESSAGE_ID_RESPONDED) == op.message_id:
+            op.cancel()
+
+    def encode(self, context_id: int, ds: Dataset | None) -> bytes:
+        """A dataset in the context's transfer syntax (and its Specific Character Set)."""
+        if ds is None:
+            return b""
+        ts = UID(self.contexts[context_id][1])
+        fp = DicomBytesIO()
+        fp.is_little_endian = ts.is_little_endian
+        fp.is_implicit_VR = ts.is_implicit_VR
+        write_dataset(fp, ds)
+        return fp.getvalue()
+
+    def send_message(self, context_id: int, command: bytes, dataset: bytes = b"") -> None:
+        """A command and its dataset as PDVs no larger than the peer takes."""
+        step = self.peer_max_pdv
+        pdus = []
+        for data, kind in ((command, ul.MCH_COMMAND), (dataset, 0)):
+            for i in range(0, len(data), step):
+                last = ul.MCH_LAST if i + step >= len(data) else 0
+                pdus.append(ul.p_data(context_id, kind | last, data[i : i + step]))
+        self.sock.sendall(b"".join(pdus))
 
     def _respond(self, incoming: _Incoming, outcome: Outcome) -> None:
         command = ul.response(

@@ -126,6 +126,99 @@ def rules_test(
     sys.exit(1 if failed else 0)
 
 
+@main.group(invoke_without_command=True)
+@click.option("-c", "--config", "config", default=None, help=CONFIG_HELP)
+@click.pass_context
+def archive(ctx: click.Context, config: str | None) -> None:
+    """The local archive: its index, protected studies, retention."""
+    ctx.obj = _load(config)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _archive(cfg: Config, name: str | None) -> tuple[str, Path]:
+    """(name, root folder) of the archive destination named, or of the one Q/R serves."""
+    from gateway.config import ArchiveDestination
+
+    name = name or cfg.qr_archive()
+    spec = cfg.destinations.get(name or "")
+    if name is None or not isinstance(spec, ArchiveDestination):
+        click.echo(f"no archive destination {name or ''!r} in the configuration", err=True)
+        sys.exit(2)
+    return name, cfg.archive_dir(spec)
+
+
+@archive.command()
+@click.option("--destination", "-d", default=None, help="archive destination (default: Q/R's)")
+@click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="index this folder instead of the archive's own (files stay where they are)")  # fmt: skip
+@click.pass_obj
+def reindex(cfg: Config, destination: str | None, path: Path | None) -> None:
+    """Rebuild the index from the files on disk (an existing folder of any layout)."""
+    from gateway.archive.index import ArchiveIndex
+    from gateway.archive.index import reindex as rebuild
+
+    _, root = _archive(cfg, destination)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    index = ArchiveIndex(cfg.db_path, fsync=cfg.storage.fsync)
+    try:
+        n, problems = rebuild(path or root, index)
+    finally:
+        index.close()
+    for line in problems:
+        click.echo(line, err=True)
+    click.echo(f"{n} instance(s) indexed from {path or root}; {len(problems)} file(s) skipped")
+
+
+@archive.command()
+@click.argument("study_uid")
+@click.option("--reason", default="", help="kept with the protection")
+@click.option("--remove", is_flag=True, help="lift the protection instead")
+@click.pass_obj
+def protect(cfg: Config, study_uid: str, reason: str, remove: bool) -> None:
+    """Keep a study whatever the retention policy says (or, with --remove, stop keeping it)."""
+    from gateway.archive import retention
+    from gateway.archive.index import ArchiveIndex
+
+    index = ArchiveIndex(cfg.db_path, fsync=cfg.storage.fsync)
+    try:
+        if remove:
+            ok = retention.unprotect(index, study_uid)
+            click.echo(f"{study_uid}: {'no longer protected' if ok else 'was not protected'}")
+        else:
+            retention.protect(index, study_uid, reason)
+            click.echo(f"{study_uid}: protected")
+    finally:
+        index.close()
+
+
+@archive.command("retention")
+@click.option("--destination", "-d", default=None, help="archive destination (default: Q/R's)")
+@click.pass_obj
+def retention_now(cfg: Config, destination: str | None) -> None:
+    """Apply the archive's retention policy now (the gateway also does every minute)."""
+    from gateway.archive.index import ArchiveIndex
+    from gateway.archive.retention import apply_retention
+
+    name, root = _archive(cfg, destination)
+    policy = cfg.destinations[name].retention  # type: ignore[union-attr]
+    if not policy.active:
+        click.echo(f"archive {name!r} has no retention limit set")
+        return
+    index = ArchiveIndex(cfg.db_path, fsync=cfg.storage.fsync)
+    try:
+        report = apply_retention(index, policy, root)
+    finally:
+        index.close()
+    click.echo(
+        f"deleted {sum(report.deleted.values())} instance(s) {dict(report.deleted)}, freed "
+        f"{report.freed_bytes} bytes; kept {report.kept_undelivered} undelivered and "
+        f"{report.kept_protected} protected"
+    )
+    for line in report.problems:
+        click.echo(line, err=True)
+
+
 @main.group()
 def deid() -> None:
     """De-identification: authorised re-identification of pseudonyms."""

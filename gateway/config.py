@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -128,6 +135,27 @@ class DicomDestination(_Model):
     retry: Retry = Retry()
 
 
+Duplicates = Literal["overwrite", "keep_first", "reject"]
+
+
+class ArchiveRetention(_Model):
+    """What the archive deletes, oldest study first (each limit off unless set); never an
+    instance the queue still holds undelivered, never a protected study. Example:
+    `retention: {max_age_days: 3650, age_by: study_date, max_size_gb: 800, min_free_gb: 50}`
+    """
+
+    max_age_days: float | None = Field(None, gt=0)
+    age_by: Literal["study_date", "received"] = "study_date"  # also orders size/disk deletions
+    max_size_gb: float | None = Field(None, gt=0)  # the archive's files, in 10^9 bytes
+    min_free_gb: float | None = Field(None, gt=0)  # free space on the archive's file system
+    protect: tuple[str, ...] = ()  # Study Instance UIDs kept, besides the protected table
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set (else retention has nothing to do)."""
+        return any(v is not None for v in (self.max_age_days, self.max_size_gb, self.min_free_gb))
+
+
 class ArchiveDestination(_Model):
     """Files under data_dir/archive (or `path`), laid out Study/Series/Instance by UID."""
 
@@ -135,6 +163,40 @@ class ArchiveDestination(_Model):
     path: Path | None = None
     concurrency: int = Field(4, ge=1, le=64)
     retry: Retry = Retry()
+    # The same SOP Instance UID again: overwrite the file, keep_first (the new one is
+    # dropped, reported delivered) or reject (dead letter with the reason).
+    duplicates: Duplicates = "overwrite"
+    retention: ArchiveRetention = ArchiveRetention()
+
+
+class MoveDestination(_Model):
+    """A C-MOVE target, by the AE title a requester names in its C-MOVE."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    max_pdu: int = Field(131072, ge=0)
+    connect_timeout: float = Field(10, gt=0)
+    dimse_timeout: float = Field(60, gt=0)
+
+
+QRService = Literal["find", "move", "get"]
+
+
+class QueryRetrieve(_Model):
+    """The Q/R SCP over the local archive (on the DIMSE port and AE title)."""
+
+    enabled: bool = True
+    archive: str | None = None  # the archive destination it serves; default: the first one
+    fuzzy_names: bool = False  # person names match case-insensitively
+    # Calling AE title -> the services it may use; "*" for everyone else. Empty: every
+    # calling AE the association policy admits may find, move and get.
+    permissions: dict[str, tuple[QRService, ...]] = {}
+
+    def allows(self, calling_ae: str, service: QRService) -> bool:
+        if not self.permissions:
+            return True
+        granted = self.permissions.get(calling_ae, self.permissions.get("*", ()))
+        return service in granted
 
 
 _DESTINATION_TYPES = {"dicom", "archive"}
@@ -151,6 +213,8 @@ class Config(_Model):
     workers: Workers = Workers()
     http: Http = Http()
     deidentify: Deidentify = Deidentify()
+    qr: QueryRetrieve = QueryRetrieve()
+    move_destinations: dict[str, MoveDestination] = {}  # C-MOVE targets by AE title
     destinations: dict[str, Destination] = {}
 
     @property
@@ -163,6 +227,29 @@ class Config(_Model):
 
     def archive_dir(self, dest: ArchiveDestination) -> Path:
         return dest.path or self.data_dir / "archive"
+
+    def qr_archive(self) -> str | None:
+        """The archive destination Q/R serves: `qr.archive`, else the first archive."""
+        if self.qr.archive is not None:
+            return self.qr.archive
+        return next(
+            (n for n, d in self.destinations.items() if isinstance(d, ArchiveDestination)), None
+        )
+
+    @field_validator("move_destinations")
+    @classmethod
+    def _ae_titles(cls, dests: dict[str, MoveDestination]) -> dict[str, MoveDestination]:
+        for ae in dests:
+            if not 0 < len(ae) <= 16:
+                raise ValueError(f"{ae!r} is not an AE title (1 to 16 characters)")
+        return dests
+
+    @model_validator(mode="after")
+    def _qr_archive_exists(self) -> Config:
+        name = self.qr.archive
+        if name is not None and not isinstance(self.destinations.get(name), ArchiveDestination):
+            raise ValueError(f"qr.archive: {name!r} is not an archive destination")
+        return self
 
 
 def env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -44,6 +44,9 @@ DEAD_LETTERED = Counter(
     "gateway_dead_lettered_total", "Deliveries given up (dead letters)", ["destination"]
 )
 DROPPED = Counter("gateway_dropped_instances_total", "Instances consumed by a drop rule")
+ARCHIVE_DELETED = Counter(
+    "gateway_archive_deleted_instances_total", "Archived instances deleted by retention", ["reason"]
+)
 RULES_RELOADS = Counter(
     "gateway_rules_reloads_total", "Rule files loaded by a worker, or rejected", ["result"]
 )

@@ -24,12 +24,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, UID_dictionary
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 
-from gateway import metrics
+from gateway import metrics, qr
 from gateway.association import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
     SUCCESS,
     Association,
+    Operation,
     Outcome,
     Peer,
     Received,
@@ -75,6 +76,10 @@ def storage_contexts(cfg: Config) -> list[PresentationContext]:
         cx = PresentationContext()
         cx.abstract_syntax = uid
         cx.transfer_syntax = syntaxes
+        if uid != VERIFICATION:
+            # A C-GET requester proposes to be the storage SCP (role selection); without a
+            # role item a sender is SCU and we are SCP, as for any C-STORE.
+            cx.scu_role, cx.scp_role = True, True
         out.append(cx)
     return out
 
@@ -191,7 +196,8 @@ class Receiver:
         self.spool = spool
         self.allowed = cfg.dimse.calling_aets()
         self.any_calling = any(a.ae_title == "*" for a in self.allowed)
-        self.contexts = storage_contexts(cfg)
+        self.contexts = storage_contexts(cfg) + qr.contexts()
+        self.qr = qr.QueryRetrieve(cfg)
         self.accept_unknown = cfg.dimse.accept_unknown_sop_classes
         self.max_pdu = cfg.dimse.max_pdu
         self.max_associations = 64
@@ -232,6 +238,10 @@ class Receiver:
         if not any(a.admits(peer.address) for a in entries):
             return f"calling AE title not allowed from {peer.address}", _REJECT_CALLING
         return "", _REJECT_CALLING
+
+    # -- C-FIND / C-MOVE / C-GET ---------------------------------------------------------
+    def operation(self, op: Operation) -> None:
+        self.qr.serve(op)
 
     # -- C-STORE ----------------------------------------------------------------------
     def new_file(self) -> Path:

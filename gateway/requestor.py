@@ -13,6 +13,7 @@ import itertools
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -96,6 +97,9 @@ class StoreRequestor:
         self.reader = reader
         self.contexts = contexts  # (abstract syntax, transfer syntax) -> accepted context ID
         self.max_pdv = max_pdv
+        # Set when this requestor sends a C-GET's sub-operations on the association the
+        # C-GET came on: a C-CANCEL-RQ may arrive there among the C-STORE responses.
+        self.on_cancel: Callable[[], None] | None = None
         self._ids = itertools.count(1)
         self._buf = bytearray(UNLIMITED_FRAGMENT)
 
@@ -242,6 +246,11 @@ class StoreRequestor:
                     command += self.reader.exact(n)
                     if mch & ul.MCH_LAST:
                         fields = ul.decode_command(bytes(command))
+                        command.clear()
+                        cancel = ul.us(fields, ul.COMMAND_FIELD) == ul.C_CANCEL_RQ
+                        if cancel and self.on_cancel is not None:
+                            self.on_cancel()
+                            continue
                         if ul.us(fields, ul.MESSAGE_ID_RESPONDED) != message_id:
                             raise Lost("a response to another message arrived")
                         comment = fields.get(ul.ERROR_COMMENT, b"").decode("ascii", "replace")

@@ -88,7 +88,7 @@ def worker_main(cfg: Config, index: int, supervisor_pid: int) -> None:
 
     stop = _child_setup(cfg, supervisor_pid)
     door = Door(cfg.data_dir, index)
-    worker = Worker(cfg, f"worker-{index}", door.wait)
+    worker = Worker(cfg, f"worker-{index}", door.wait, housekeeping=index == 0)
     worker.run(stop)
     worker.close()
 

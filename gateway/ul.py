@@ -1,4 +1,4 @@
-"""DICOM Upper Layer framing (PS3.8 9.3) and the DIMSE command sets of C-STORE and C-ECHO.
+"""DICOM Upper Layer framing (PS3.8 9.3) and the DIMSE command sets the gateway uses.
 
 Why this exists beside pynetdicom: its reactor costs ~5 ms of CPU per received instance
 (per-PDU objects, a state machine, two threads polling with 1 ms sleeps), which capped a
@@ -46,7 +46,12 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_FIND_RQ = 0x0020
+C_MOVE_RQ = 0x0021
+C_GET_RQ = 0x0010
+C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101
+HAS_DATASET = 0x0000
 
 # Command element numbers, group 0000 (PS3.7 E.1-1)
 AFFECTED_SOP_CLASS = 0x0002
@@ -58,6 +63,11 @@ DATASET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE = 0x1000
+MOVE_DESTINATION = 0x0600
+REMAINING = 0x1020  # Number of Remaining / Completed / Failed / Warning Sub-operations
+COMPLETED = 0x1021
+FAILED = 0x1022
+WARNING = 0x1023
 
 _PDU_HEADER = struct.Struct(">BxI")
 _PDV_HEADER = struct.Struct(">IBB")
@@ -88,8 +98,21 @@ class PDUReader:
     """Reads PDUs from a socket through one buffer, copying large PDVs without holding them."""
 
     def __init__(self, sock: socket.socket, bufsize: int = 1 << 18) -> None:
+        self._sock = sock
         self._r = sock.makefile("rb", buffering=bufsize)
         self._copy: memoryview | None = None  # 1 MiB, made on the first copy()
+
+    def ready(self) -> bool:
+        """Whether bytes (or the end of the stream) can be read now without waiting: lets
+        a long operation notice a C-CANCEL or an A-ABORT between its responses."""
+        timeout = self._sock.gettimeout()
+        self._sock.setblocking(False)
+        try:
+            return bool(self._r.peek(1))
+        except (BlockingIOError, InterruptedError):
+            return False
+        finally:
+            self._sock.settimeout(timeout)
 
     def exact(self, n: int) -> bytes:
         data = self._r.read(n)
@@ -236,20 +259,28 @@ def response(
     status: int,
     sop_instance: str = "",
     comment: str = "",
+    *,
+    has_dataset: bool = False,
+    counts: tuple[int | None, int, int, int] | None = None,
 ) -> bytes:
-    """A C-STORE-RSP or C-ECHO-RSP command set."""
+    """A response command set (C-STORE/C-ECHO/C-FIND/C-MOVE/C-GET-RSP). `comment` becomes
+    the Error Comment of a failure; `counts`: remaining (None: left out), completed, failed
+    and warning sub-operations of a C-MOVE or C-GET."""
     elements = [
         (AFFECTED_SOP_CLASS, _ui(sop_class)),
         (COMMAND_FIELD, _us(command_field)),
         (MESSAGE_ID_RESPONDED, _us(message_id)),
-        (DATASET_TYPE, _us(NO_DATASET)),
+        (DATASET_TYPE, _us(HAS_DATASET if has_dataset else NO_DATASET)),
         (STATUS, _us(status)),
     ]
-    if comment and status != 0:
+    if comment and status not in (0x0000, 0xFF00, 0xFF01):
         text = comment.encode("ascii", "replace")[:64].replace(b"\\", b"/")
         elements.append((ERROR_COMMENT, _even(text, b" ")))
     if sop_instance:
         elements.append((AFFECTED_SOP_INSTANCE, _ui(sop_instance)))
+    if counts is not None:
+        names = (REMAINING, COMPLETED, FAILED, WARNING)
+        elements += [(n, _us(c)) for n, c in zip(names, counts, strict=True) if c is not None]
     return encode_command(elements)
 
 

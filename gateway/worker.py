@@ -20,7 +20,9 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 
 from gateway import metrics
-from gateway.config import Config
+from gateway.archive.index import ArchiveIndex
+from gateway.archive.retention import apply_retention
+from gateway.config import ArchiveDestination, Config
 from gateway.destinations import Destination, build
 from gateway.errors import DeliveryError, PermanentError, TransientError
 from gateway.match import Context
@@ -36,6 +38,7 @@ IDLE_WAIT_S = 1.0  # upper bound on a sleep: rule files and expired leases get n
 ROUTE_BATCH = 200
 BATCH_LINGER_S = 0.05
 MIN_WAIT_S = 0.02
+RETENTION_EVERY_S = 60.0
 
 
 class LeaseHeartbeat:
@@ -66,10 +69,19 @@ class LeaseHeartbeat:
 
 
 class Worker:
-    def __init__(self, cfg: Config, name: str, wait: Callable[[float], bool]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        wait: Callable[[float], bool],
+        *,
+        housekeeping: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.name = name
         self.wait = wait
+        self.housekeeping = housekeeping  # this worker runs archive retention
+        self._next_retention = 0.0
         self.queue = Queue(cfg.db_path, fsync=cfg.storage.fsync)
         self.destinations: dict[str, Destination] = {n: build(n, cfg) for n in cfg.destinations}
         self.concurrency = {n: d.concurrency for n, d in cfg.destinations.items()}
@@ -109,10 +121,30 @@ class Worker:
     def step(self) -> bool:
         """Do one unit of work; False when nothing was due."""
         self.reload_rules()
+        if self.housekeeping and time.time() >= self._next_retention:
+            self._next_retention = time.time() + RETENTION_EVERY_S
+            self.retention()
         released = self.queue.release_held()
         if released:
             log.info("%s: %d held job(s) released (series/study quiet)", self.name, released)
         return self.route() or self.deliver()
+
+    def retention(self) -> None:
+        """Apply each archive's retention policy (oldest studies first; never what the
+        queue still holds undelivered, never a protected study)."""
+        for name, spec in self.cfg.destinations.items():
+            if not isinstance(spec, ArchiveDestination) or not spec.retention.active:
+                continue
+            index = ArchiveIndex(self.cfg.db_path, fsync=self.cfg.storage.fsync)
+            try:
+                report = apply_retention(index, spec.retention, self.cfg.archive_dir(spec))
+            except Exception:
+                log.exception("%s: retention of archive %r failed", self.name, name)
+                continue
+            finally:
+                index.close()
+            if report.deleted or report.problems:
+                log.info("retention of archive %r: %s", name, report)
 
     # -- routing ----------------------------------------------------------------------
     def route(self) -> bool:

@@ -36,5 +36,12 @@ def build(name: str, cfg: Config) -> Destination:
     if isinstance(spec, DicomDestination):
         return DicomStore(name, spec, calling_ae=spec.calling_ae_title or cfg.ae_title)
     if isinstance(spec, ArchiveDestination):
-        return ArchiveStore(name, cfg.archive_dir(spec), fsync=cfg.storage.fsync)
+        return ArchiveStore(
+            name,
+            cfg.archive_dir(spec),
+            fsync=cfg.storage.fsync,
+            # one index per database: the archive Q/R serves (cfg.qr_archive())
+            index_db=cfg.db_path if name == cfg.qr_archive() else None,
+            duplicates=spec.duplicates,
+        )
     raise TypeError(f"no destination type for {spec!r}")

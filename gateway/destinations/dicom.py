@@ -13,7 +13,9 @@ and the unconfirmed instances are resent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -52,13 +54,26 @@ def classify(status: int) -> DeliveryError | None:
     return TransientError(f"{text} (unexpected)")
 
 
+class Sendable(Protocol):
+    """What sending one stored instance needs: a queue job, or an archived instance that a
+    C-MOVE or C-GET sends."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+S = TypeVar("S", bound=Sendable)
+
+
 class DicomStore:
     def __init__(self, name: str, spec: DicomDestination, *, calling_ae: str) -> None:
         self.name = name
         self.spec = spec
         self.calling_ae = calling_ae
 
-    def _open(self, jobs: list[Job]) -> StoreRequestor:
+    def _open(self, items: Sequence[Sendable]) -> StoreRequestor:
         s = self.spec
         # Verification rides along (the requestor adds it): a peer that takes none of the
         # files' contexts then still accepts, and each file fails alone with "no accepted
@@ -68,7 +83,7 @@ class DicomStore:
                 (s.host, s.port),
                 s.ae_title,
                 self.calling_ae,
-                list(dict.fromkeys(key for job in jobs for key in _contexts(job))),
+                list(dict.fromkeys(key for item in items for key in _contexts(item))),
                 max_pdu=s.max_pdu,
                 connect_timeout=s.connect_timeout,
                 dimse_timeout=s.dimse_timeout,
@@ -77,31 +92,31 @@ class DicomStore:
             raise TransientError(f"association failed: {exc}") from exc
 
     def send(self, jobs: list[Job]) -> dict[int, DeliveryError | None]:
-        out: dict[int, DeliveryError | None] = {}
-        for chunk in _by_context_limit(jobs):
-            self._send_chunk(chunk, out)
-        return out
+        return {job.id: outcome for job, outcome in self.send_each(jobs)}
 
-    def _send_chunk(self, jobs: list[Job], out: dict[int, DeliveryError | None]) -> None:
-        todo = list(jobs)
+    def send_each(self, items: Sequence[S]) -> Iterator[tuple[S, DeliveryError | None]]:
+        """Each item's outcome as soon as it is known (a C-MOVE reports progress)."""
+        for chunk in _by_context_limit(items):
+            yield from self._send_chunk(chunk)
+
+    def _send_chunk(self, items: list[S]) -> Iterator[tuple[S, DeliveryError | None]]:
+        todo = list(items)
         reconnects = 0
         lost: Lost | None = None
         while todo:
             try:
                 assoc = self._open(todo)
             except TransientError as exc:
-                for job in todo:
-                    out[job.id] = exc
+                for item in todo:
+                    yield item, exc
                 return
             try:
                 while todo:
-                    job = todo[0]
-                    result = self._send_one(assoc, job)
+                    result = send_one(assoc, todo[0], self.name, self.spec.ae_title)
                     if isinstance(result, Lost):
                         lost = result
                         break
-                    out[job.id] = result
-                    todo.pop(0)
+                    yield todo.pop(0), result
             finally:
                 if todo:
                     assoc.abort()
@@ -114,8 +129,8 @@ class DicomStore:
                         f"association with {self.spec.ae_title} lost twice; "
                         f"{todo[0].sop_instance_uid} unconfirmed: {lost}"
                     )
-                    for job in todo:
-                        out[job.id] = err
+                    for item in todo:
+                        yield item, err
                     return
                 log.warning(
                     "%s: association lost before %s was confirmed (%s); reconnecting",
@@ -124,75 +139,81 @@ class DicomStore:
                     lost,
                 )
 
-    def _send_one(self, assoc: StoreRequestor, job: Job) -> DeliveryError | Lost | None:
-        try:
-            if assoc.accepts(job.sop_class_uid, job.transfer_syntax):
-                status, comment = assoc.store(
-                    Path(job.path), job.sop_class_uid, job.sop_instance_uid, job.transfer_syntax
-                )
-            else:
-                sent = self._store_transcoded(assoc, job)
-                if isinstance(sent, PermanentError):
-                    return sent
-                status, comment = sent
-        except (OSError, NotPart10, InvalidDicomError) as exc:
-            return PermanentError(f"cannot send spool file {job.path}: {exc}")
-        except Lost as exc:
-            return exc  # unconfirmed: resend on a new association
-        error = classify(status)
-        if error is not None and comment:
-            return type(error)(f"{error}: {comment}")
-        return error
-
-    def _store_transcoded(
-        self, assoc: StoreRequestor, job: Job
-    ) -> tuple[int, str] | PermanentError:
-        """The peer did not take the file's own syntax: decode and re-encode the instance
-        in memory to a fallback syntax it took, and send that."""
-        refused = (
-            f"{self.spec.ae_title} accepts no context for SOP class {job.sop_class_uid} "
-            f"in transfer syntax {job.transfer_syntax}"
-        )
-        target = next((t for t in FALLBACK_SYNTAXES if assoc.accepts(job.sop_class_uid, t)), "")
-        if not target:
-            return PermanentError(refused)
-        try:
-            ds = dcmread(job.path)
-            transcode(ds, TranscodeSpec(target))
-            data = part10_bytes(ds)
-        except TranscodeError as exc:
-            return PermanentError(f"{refused}, and it cannot be sent in {UID(target).name}: {exc}")
-        log.info(
-            "%s: %s does not accept %s in %s; sending it transcoded to %s",
-            self.name,
-            self.spec.ae_title,
-            job.sop_instance_uid,
-            UID(job.transfer_syntax).name,
-            UID(target).name,
-        )
-        return assoc.store_part10(data, job.sop_class_uid, job.sop_instance_uid, target)
-
     def close(self) -> None:
         pass
 
 
-def _contexts(job: Job) -> list[tuple[str, str]]:
-    """(SOP class, syntax) to propose for a job: its own syntax first, then the fallbacks."""
+def send_one(
+    assoc: StoreRequestor, item: Sendable, who: str, peer_ae: str
+) -> DeliveryError | Lost | None:
+    """C-STORE one stored instance on an open association: as stored when the peer took
+    its syntax, else transcoded to a fallback it took. `who` names us in the log."""
+    try:
+        if assoc.accepts(item.sop_class_uid, item.transfer_syntax):
+            status, comment = assoc.store(
+                Path(item.path), item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax
+            )
+        else:
+            sent = _store_transcoded(assoc, item, who, peer_ae)
+            if isinstance(sent, PermanentError):
+                return sent
+            status, comment = sent
+    except (OSError, NotPart10, InvalidDicomError) as exc:
+        return PermanentError(f"cannot send stored file {item.path}: {exc}")
+    except Lost as exc:
+        return exc  # unconfirmed: resend on a new association
+    error = classify(status)
+    if error is not None and comment:
+        return type(error)(f"{error}: {comment}")
+    return error
+
+
+def _store_transcoded(
+    assoc: StoreRequestor, item: Sendable, who: str, peer_ae: str
+) -> tuple[int, str] | PermanentError:
+    """The peer did not take the file's own syntax: decode and re-encode the instance
+    in memory to a fallback syntax it took, and send that."""
+    refused = (
+        f"{peer_ae} accepts no context for SOP class {item.sop_class_uid} "
+        f"in transfer syntax {item.transfer_syntax}"
+    )
+    target = next((t for t in FALLBACK_SYNTAXES if assoc.accepts(item.sop_class_uid, t)), "")
+    if not target:
+        return PermanentError(refused)
+    try:
+        ds = dcmread(item.path)
+        transcode(ds, TranscodeSpec(target))
+        data = part10_bytes(ds)
+    except TranscodeError as exc:
+        return PermanentError(f"{refused}, and it cannot be sent in {UID(target).name}: {exc}")
+    log.info(
+        "%s: %s does not accept %s in %s; sending it transcoded to %s",
+        who,
+        peer_ae,
+        item.sop_instance_uid,
+        UID(item.transfer_syntax).name,
+        UID(target).name,
+    )
+    return assoc.store_part10(data, item.sop_class_uid, item.sop_instance_uid, target)
+
+
+def _contexts(item: Sendable) -> list[tuple[str, str]]:
+    """(SOP class, syntax) to propose for an item: its own syntax first, then the fallbacks."""
     return [
-        (job.sop_class_uid, ts) for ts in dict.fromkeys((job.transfer_syntax, *FALLBACK_SYNTAXES))
+        (item.sop_class_uid, ts) for ts in dict.fromkeys((item.transfer_syntax, *FALLBACK_SYNTAXES))
     ]
 
 
-def _by_context_limit(jobs: list[Job]) -> list[list[Job]]:
+def _by_context_limit(items: Sequence[S]) -> list[list[S]]:
     """Split a batch so that no association needs more than 128 presentation contexts."""
-    chunks: list[list[Job]] = []
+    chunks: list[list[S]] = []
     keys: set[tuple[str, str]] = set()
-    for job in jobs:
-        new = set(_contexts(job)) - keys
+    for item in items:
+        new = set(_contexts(item)) - keys
         if not chunks or len(keys) + len(new) > MAX_CONTEXTS:
             chunks.append([])
             keys = set()
-            new = set(_contexts(job))
+            new = set(_contexts(item))
         keys |= new
-        chunks[-1].append(job)
+        chunks[-1].append(item)
     return chunks
