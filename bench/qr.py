@@ -13,8 +13,13 @@ carry CT series too), ~3 series and `--per-study` instances per study.
 
 Each row times `gateway.archive.query.find()` to its last response (a typical return-key
 set, 13 keys) over `--runs` queries with varied values, after one warm-up, and prints
-p50/p95. A row is a function in ROWS taking the Bench and returning a Row: DIMSE rows
-(findscu round trip) and C-MOVE rows are added the same way.
+p50/p95. A row is a function in ROWS taking the Bench and returning a Row.
+
+Then, unless `--no-dimse`: the gateway is started on that index (`dicom-gateway run`, data
+in the work folder) and the same four study-level queries go through DIMSE with dcmtk
+`findscu`, one process and association per query (so the figures include connecting);
+then C-MOVE of one 500-instance CT study (512x512 16-bit) to dcmtk `storescp`, from the
+gateway and from Orthanc holding the same study, timed by `movescu` to its final response.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +39,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pydicom import Dataset  # noqa: E402
+from pydicom import Dataset, dcmread  # noqa: E402
 
 from gateway.archive import levels  # noqa: E402
 from gateway.archive.index import ArchiveIndex  # noqa: E402
 from gateway.archive.query import find  # noqa: E402
+from tests.peers import (  # noqa: E402
+    PEER_ENV,
+    Gateway,
+    dcmtk,
+    gateway_config,
+    start_orthanc,
+    start_storescp,
+    storescu,
+)
+from tests.synth import ct_series  # noqa: E402
 
 TARGET_P95_MS = 100.0
 MODALITIES = {"CT": 35, "MR": 25, "CR": 20, "US": 15, "PT": 5}  # primary modality weights
@@ -313,6 +329,99 @@ TARGET_ROWS = {"study: PatientID", "study: PatientName SMITH*", "study: StudyDat
                "study: ModalitiesInStudy"}  # fmt: skip
 
 
+# -- through DIMSE: findscu, and C-MOVE against Orthanc ---------------------------------------
+def findscu_args(port: int, identifier: Dataset) -> list[str]:
+    args = [dcmtk("findscu"), "-aet", "BENCH", "-aec", "GATEWAY", "-S"]
+    for elem in identifier:
+        args += ["-k", f"{elem.keyword}={elem.value}" if elem.value != "" else elem.keyword]
+    return [*args, "127.0.0.1", str(port)]
+
+
+def dimse_rows(bench: Bench, port: int) -> list[Row]:
+    """The target queries through findscu: connect, query, every response, release."""
+    makers = {
+        "DIMSE: PatientID": lambda r: study_query(PatientID=r.choice(bench.patient_ids)),
+        "DIMSE: PatientName SMITH*": lambda r: study_query(PatientName="SMITH*"),
+        "DIMSE: StudyDate 1 month": _month,
+        "DIMSE: ModalitiesInStudy": lambda r: study_query(
+            ModalitiesInStudy=r.choice(list(MODALITIES))
+        ),
+    }
+    rows = []
+    for name, make in makers.items():
+        times = []
+        for _ in range(bench.runs + 1):
+            args = findscu_args(port, make(bench.rng))
+            t0 = time.perf_counter()
+            out = subprocess.run(args, env=PEER_ENV, capture_output=True, timeout=300)
+            times.append((time.perf_counter() - t0) * 1000)
+            if out.returncode != 0:
+                raise RuntimeError(f"findscu failed: {out.stderr[-500:]!r}")
+        times = times[1:]  # the first warms the caches
+        rows.append(Row(name, len(times), statistics.median(times), _p95(times), 0.0, 0.0,
+                        "findscu process, association and every response"))  # fmt: skip
+    return rows
+
+
+def move_seconds(port: int, aec: str, dest: str, study_uid: str) -> float:
+    args = [dcmtk("movescu"), "-aet", "BENCH", "-aec", aec, "-aem", dest, "-S",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            "127.0.0.1", str(port)]  # fmt: skip
+    t0 = time.perf_counter()
+    out = subprocess.run(args, env=PEER_ENV, capture_output=True, text=True, timeout=600)
+    took = time.perf_counter() - t0
+    if out.returncode != 0 or "Failed" in out.stderr:
+        raise RuntimeError(f"movescu to {aec} failed: {out.stderr[-500:]}")
+    return took
+
+
+def run_dimse(bench: Bench, work: Path, count: int) -> tuple[list[Row], dict]:
+    """Start the gateway on the bench index; findscu rows; C-MOVE gateway vs Orthanc."""
+    scp = start_storescp(work / "moved", ae_title="MOVEDEST")
+    cfg = gateway_config(
+        work / "gw",
+        {"archive": {"type": "archive"}},
+        data_dir=str(work),
+        move_destinations={"MOVEDEST": {"host": "127.0.0.1", "port": scp.port}},
+    )
+    cfg["dimse"]["allowed_calling_aets"] = ["*"]
+    (work / "gw").mkdir(exist_ok=True)
+    gw = Gateway(work / "gw", cfg, [{"name": "all", "forward": ["archive"]}])
+    orthanc = None
+    try:
+        gw.start()
+        rows = dimse_rows(bench, gw.port)
+        files = ct_series(work / "move-study", count)
+        study_uid = str(dcmread(files[0], stop_before_pixels=True)
+                        .StudyInstanceUID)  # fmt: skip
+        out = storescu(gw.port, files)
+        if out.returncode != 0:
+            raise RuntimeError(f"storescu to the gateway failed: {out.stderr[-500:]}")
+        deadline = time.time() + 300
+        while '"instances": {}' not in gw.cli("queue", "status", "--json").stdout.replace("\n", ""):
+            if time.time() > deadline:
+                raise RuntimeError("the gateway did not archive the study in 5 minutes")
+            time.sleep(0.5)
+        orthanc = start_orthanc(
+            work / "orthanc", DicomModalities={"dest": ["MOVEDEST", "127.0.0.1", scp.port]}
+        )
+        out = storescu(orthanc.dicom_port, files, aec="ORTHANC")
+        if out.returncode != 0:
+            raise RuntimeError(f"storescu to Orthanc failed: {out.stderr[-500:]}")
+        moves = {}
+        for name, port, aec in (("gateway", gw.port, "GATEWAY"),
+                                ("orthanc", orthanc.dicom_port, "ORTHANC")):  # fmt: skip
+            best = min(move_seconds(port, aec, "MOVEDEST", study_uid) for _ in range(2))
+            moves[name] = count / best
+        return rows, moves
+    finally:
+        if orthanc is not None:
+            orthanc.stop()
+        if gw.proc is not None:
+            gw.stop()
+        scp.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--studies", type=int, default=10_000, help="studies (10,000)")
@@ -321,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gateway-bench-qr")
     ap.add_argument("--rebuild", action="store_true", help="make the index again")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--no-dimse", action="store_true", help="only the index rows")
+    ap.add_argument("--move-count", type=int, default=500, help="instances moved (500)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     db = args.work / "gateway.db"
@@ -345,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(index, args.runs, random.Random(1), patient_ids)
     rows = [row(bench) for row in ROWS]
     index.close()
+    moves: dict[str, float] = {}
+    if not args.no_dimse:
+        dimse, moves = run_dimse(bench, args.work, args.move_count)
+        rows += dimse
     size_mb = sum(f.stat().st_size for f in args.work.glob("gateway.db*")) / 1e6
     print(f"index: {counts['instances']:,} instances, {counts['series']:,} series, "
           f"{counts['studies']:,} studies, {counts['patients']:,} patients; "
@@ -357,9 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "ok" if worst < TARGET_P95_MS else "MISS"
     print(f"target: study-level C-FIND p95 < {TARGET_P95_MS:.0f} ms (patient ID, name wildcard,"
           f" date range, modality): worst p95 {worst:.1f} ms: {verdict}")  # fmt: skip
+    if moves:
+        ratio = moves["gateway"] / moves["orthanc"]
+        print(f"C-MOVE of a {args.move_count}-instance CT study to storescp (movescu to final"
+              f" response, best of 2): gateway {moves['gateway']:.0f} instances/s, Orthanc"
+              f" {moves['orthanc']:.0f} instances/s: {ratio:.2f}x"
+              f" (target >= 1x: {'ok' if ratio >= 1 else 'MISS'})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"counts": counts, "rows": [asdict(r) for r in rows],
-                                         "worst_p95_ms": worst, "verdict": verdict}, indent=2))  # fmt: skip
+                                         "worst_p95_ms": worst, "verdict": verdict,
+                                         "move_per_s": moves}, indent=2))  # fmt: skip
     return 0 if verdict == "ok" else 1
 
 
