@@ -403,7 +403,9 @@ def run_dimse(bench: Bench, work: Path, count: int) -> tuple[list[Row], dict]:
                 raise RuntimeError("the gateway did not archive the study in 5 minutes")
             time.sleep(0.5)
         orthanc = start_orthanc(
-            work / "orthanc", DicomModalities={"dest": ["MOVEDEST", "127.0.0.1", scp.port]}
+            work / "orthanc",
+            DicomModalities={"dest": ["MOVEDEST", "127.0.0.1", scp.port]},
+            DicomAlwaysAllowMove=True,  # the bench's movescu is not one of its modalities
         )
         out = storescu(orthanc.dicom_port, files, aec="ORTHANC")
         if out.returncode != 0:
