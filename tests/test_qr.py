@@ -332,3 +332,29 @@ def test_retention_keeps_what_a_destination_has_not_received(
     out = gw.cli("archive", "retention")
     assert "deleted 3 instance(s)" in out.stdout, out.stdout + out.stderr
     assert list(archived.rglob("*.dcm")) == []
+
+
+def test_response_encoding_matches_pydicom_byte_for_byte():
+    """C-FIND responses frame raw index elements directly; the bytes must be pydicom's."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.tag import Tag
+
+    from gateway.association import _encode_le
+
+    def build() -> Dataset:
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "Wang^XiaoDong=王^小東"  # not raw: goes through pydicom
+        for tag, vr, value in ((0x00080020, "DA", b"20240101"), (0x0020000D, "UI", b"1.2.3\0"),
+                               (0x00201208, "IS", b"12"), (0x00081030, "LO", b"CT HEAD ")):  # fmt: skip
+            ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+        ds.ReferencedStudySequence = []
+        return ds
+
+    for implicit in (True, False):
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_dataset(fp, build())
+        assert _encode_le(build(), implicit) == fp.getvalue()
