@@ -83,6 +83,24 @@ def user_information(max_pdu: int) -> list:
     return [max_length, impl_uid, impl_version]
 
 
+#: Fragment size when the peer sets no limit.
+UNLIMITED_FRAGMENT = 1 << 20
+
+
+def max_pdv(user_information: list) -> int:
+    """The largest PDV value to send a peer: its maximum PDU length less the PDV header,
+    or UNLIMITED_FRAGMENT when it sets no limit (0)."""
+    peer_max = next(
+        (
+            int(item.maximum_length_received or 0)
+            for item in user_information
+            if isinstance(item, MaximumLengthNotification)
+        ),
+        0,
+    )
+    return peer_max - 6 if peer_max > 6 else UNLIMITED_FRAGMENT
+
+
 @dataclass(frozen=True)
 class Peer:
     calling_ae: str
@@ -303,7 +321,7 @@ class Association:
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, syntax)
         # (storage SOP class, syntax) -> context ID where the peer is SCP (C-GET targets)
         self.peer_scp_contexts: dict[tuple[str, str], int] = {}
-        self.peer_max_pdv = 1 << 20  # largest PDV value the peer takes (its max PDU - 6)
+        self.peer_max_pdv = UNLIMITED_FRAGMENT  # largest PDV value the peer takes
         self.peer = Peer("", "", address)
         self._command = bytearray()
         self._incoming: _Incoming | None = None
@@ -406,16 +424,7 @@ class Association:
             for cx in result
             if cx.result == 0x00 and cx.as_scu
         }
-        peer_max = next(
-            (
-                int(item.maximum_length_received or 0)
-                for item in rq.user_information
-                if isinstance(item, MaximumLengthNotification)
-            ),
-            0,
-        )
-        if peer_max > 6:
-            self.peer_max_pdv = peer_max - 6
+        self.peer_max_pdv = max_pdv(rq.user_information)
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT_NAME
         ac.calling_ae_title = rq.calling_ae_title

@@ -20,17 +20,15 @@ from pathlib import Path
 
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from gateway import ul
-from gateway.association import user_information
+from gateway.association import UNLIMITED_FRAGMENT, max_pdv, user_information
 from gateway.dimse import VERIFICATION, set_nodelay
 
 log = logging.getLogger(__name__)
 
-#: Fragment size when the peer sets no limit.
-UNLIMITED_FRAGMENT = 1 << 20
 _PDV = struct.Struct(">BxIIBB")  # P-DATA-TF header + one PDV item header
 
 
@@ -330,12 +328,4 @@ def _associate_ac(body: bytes, keys: tuple[tuple[str, str], ...]) -> tuple[tuple
         for cx in prim.presentation_context_definition_results_list
         if cx.result == 0x00 and int(cx.context_id) % 2 and int(cx.context_id) // 2 < len(keys)
     )
-    peer_max = next(
-        (
-            int(item.maximum_length_received or 0)
-            for item in prim.user_information
-            if isinstance(item, MaximumLengthNotification)
-        ),
-        0,
-    )
-    return accepted, (peer_max - 6 if peer_max > 6 else UNLIMITED_FRAGMENT)
+    return accepted, max_pdv(prim.user_information)
