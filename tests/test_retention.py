@@ -149,3 +149,18 @@ def test_free_disk_minimum(site):
 def test_nothing_to_do_without_limits(site):
     report = apply_retention(site.index, ArchiveRetention(), site.root, now=NOW)
     assert report.deleted == {} and site.index.counts()["instances"] == 20
+
+
+def test_files_an_interrupted_run_left_in_the_trash_are_removed_later(site, monkeypatch):
+    from gateway.archive import retention
+
+    trash = site.root / retention.TRASH
+    trash.mkdir(exist_ok=True)
+    left = trash / "0123.deleted"  # committed deletion whose unlink never ran
+    left.write_bytes(b"x")
+    apply_retention(site.index, ArchiveRetention(max_age_days=36500), site.root, now=NOW)
+    assert left.exists()  # too recent: another run may still be rolling it back
+    monkeypatch.setattr(retention, "TRASH_GRACE_S", -1.0)
+    report = apply_retention(site.index, ArchiveRetention(max_age_days=3 * 365), site.root, now=NOW)
+    assert not left.exists()
+    assert sum(report.deleted.values()) > 0 and list(trash.iterdir()) == []  # its own are gone

@@ -7,9 +7,10 @@ may still act on it), a protected study (the `archive_protected` table, or the p
 `protect` list), a file outside the archive's root.
 
 Safe against a concurrent resend of the same instance: the queue check, the index rows'
-deletion and the files' rename to hidden names happen in one transaction on the shared
-database, and the archive destination indexes a file only after checking, under the same
-lock, that it is still there (else it stores it again). Each deletion is logged with its
+deletion and the files' rename into the hidden `.deleted` folder happen in one transaction
+on the shared database, and the archive destination indexes a file only after checking,
+under the same lock, that it is still there (else it stores it again). A run that dies
+between its commit and its unlinks leaves files in `.deleted`; the next run removes them. Each deletion is logged with its
 study, series and SOP Instance UID and reason, and counted in
 `gateway_archive_deleted_instances_total{reason}`.
 """
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 GB = 10**9
 AGE, SIZE, FREE_DISK = "age", "size", "free_disk"
 _QUEUE_CHUNK = 500
+TRASH = ".deleted"  # under the archive root; reindex skips hidden names
+TRASH_GRACE_S = 600.0
 
 
 @dataclass
@@ -88,6 +91,7 @@ def apply_retention(
     cfg.db_path), which is what makes its check and the deletion one transaction."""
     report = RetentionReport()
     now = time.time() if now is None else now
+    _empty_trash(root)
     keep = set(policy.protect) | set(protected(index))
     age_cut = None
     if policy.max_age_days is not None:
@@ -134,7 +138,8 @@ def _delete_study(
 ) -> int:
     """Delete a study's deletable instances; returns the bytes freed."""
     inside = os.path.join(os.path.abspath(root), "")
-    trash: list[tuple[str, str]] = []  # (hidden name, original path)
+    trash_dir = _trash(root)
+    trash: list[tuple[str, str]] = []  # (name in the trash folder, original path)
     with index.transaction() as c:
         rows = c.execute(
             "SELECT i.id, i.sop_uid, i.path, r.series_uid FROM archive_instances i"
@@ -151,7 +156,7 @@ def _delete_study(
                 if not os.path.abspath(path).startswith(inside):
                     report.problems.append(f"{path}: outside the archive {root}; not deleted")
                     continue
-                hidden = os.path.join(os.path.dirname(path), f".{uuid.uuid4().hex}.deleted")
+                hidden = os.path.join(trash_dir, f"{uuid.uuid4().hex}.deleted")
                 try:
                     os.rename(path, hidden)
                     trash.append((hidden, path))
@@ -182,6 +187,27 @@ def _delete_study(
     report.freed_bytes += freed
     metrics.ARCHIVE_DELETED.labels(reason=reason).inc(len(removed))
     return freed
+
+
+def _trash(root: Path) -> str:
+    """The hidden folder (same file system) where a deletion's files wait for its commit."""
+    folder = os.path.join(root, TRASH)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _empty_trash(root: Path) -> None:
+    """Files left in the trash by a retention run that died between its commit and its
+    unlinks. Only old ones: a run in another process may still roll its renames back."""
+    folder = Path(root) / TRASH
+    if not folder.is_dir():
+        return
+    cutoff = time.time() - TRASH_GRACE_S
+    for p in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if p.stat().st_ctime < cutoff:  # ctime: when it was renamed in
+                p.unlink()
+                log.info("retention: removed %s, left by an interrupted run", p.name)
 
 
 def _queued(c: sqlite3.Connection, sop_uids: list[str]) -> set[str]:
