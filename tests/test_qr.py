@@ -20,6 +20,7 @@ from tests.peers import (
     dcmtk,
     free_port,
     gateway_config,
+    send_by_ts,
     start_orthanc,
     start_storescp,
     storescu,
@@ -55,6 +56,12 @@ class Archive:
             "many": make_study(work / "many", 400, "MANY", "Many^Images", "20220101", "CT"),
         }
         self.charset = [corpus_dir() / "pydicom" / "charsets" / n for n in CHARSET_FILES]
+        # real multi-patient, multi-study, multi-series sets from the shared corpus
+        self.corpus = sorted(
+            p
+            for p in (corpus_dir() / "pydicom" / "dicomdir").rglob("*")
+            if p.is_file() and not p.name.startswith("DICOMDIR")
+        )
         cfg = gateway_config(
             work,
             {"archive": {"type": "archive"}},
@@ -67,6 +74,8 @@ class Archive:
         self.gw.start()
         files = [f for fs in self.studies.values() for f in fs] + self.charset
         out = storescu(self.gw.port, files)
+        assert out.returncode == 0, out.stdout + out.stderr
+        out = send_by_ts(self.gw.port, self.corpus)  # each file in its own transfer syntax
         assert out.returncode == 0, out.stdout + out.stderr
         wait_for(self.archived, 60, "everything archived")
 
@@ -156,6 +165,39 @@ def test_find_at_every_level_and_root(archive):
                                         f"SeriesInstanceUID={series}", "SOPInstanceUID"])  # fmt: skip
     sent = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in archive.studies["a1"]}
     assert values(res, "SOPInstanceUID") == sent
+
+
+def test_find_over_the_corpus_matches_what_its_files_say(archive):
+    """Expected results from the corpus files' own headers, not from the gateway's index."""
+    heads = [dcmread(p, stop_before_pixels=True) for p in archive.corpus]
+    studies_of: dict[str, set[str]] = {}
+    for h in heads:
+        studies_of.setdefault(str(h.PatientID), set()).add(str(h.StudyInstanceUID))
+    assert len(studies_of) >= 3
+    study = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"]
+    for pid, expected in studies_of.items():
+        res, _ = find(archive, STUDY_ROOT, [*study, f"PatientID={pid}"])
+        assert values(res, "StudyInstanceUID") == expected, pid
+        res, _ = find(archive, PATIENT_ROOT, ["QueryRetrieveLevel=PATIENT", f"PatientID={pid}",
+                                              "NumberOfPatientRelatedInstances"])  # fmt: skip
+        n = sum(1 for h in heads if str(h.PatientID) == pid)
+        assert [int(r.NumberOfPatientRelatedInstances) for r in res] == [n], pid
+    doe = {str(h.StudyInstanceUID) for h in heads if str(h.PatientName).startswith("Doe")}
+    res, _ = find(archive, STUDY_ROOT, [*study, "PatientName=Doe*"])
+    assert values(res, "StudyInstanceUID") == doe
+    in_2003 = {str(h.StudyInstanceUID) for h in heads if "20030101" <= h.StudyDate <= "20031231"}
+    res, _ = find(archive, STUDY_ROOT, [*study, "StudyDate=20030101-20031231", "PatientID=*"])
+    assert values(res, "StudyInstanceUID") & {str(h.StudyInstanceUID) for h in heads} == in_2003
+    for uid in {str(h.StudyInstanceUID) for h in heads}:
+        series = {str(h.SeriesInstanceUID) for h in heads if str(h.StudyInstanceUID) == uid}
+        res, _ = find(archive, STUDY_ROOT, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={uid}",
+                                            "SeriesInstanceUID"])  # fmt: skip
+        assert values(res, "SeriesInstanceUID") == series
+        one = sorted(series)[0]
+        sops = {str(h.SOPInstanceUID) for h in heads if str(h.SeriesInstanceUID) == one}
+        res, _ = find(archive, STUDY_ROOT, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={uid}",
+                                            f"SeriesInstanceUID={one}", "SOPInstanceUID"])  # fmt: skip
+        assert values(res, "SOPInstanceUID") == sops
 
 
 def test_find_answers_in_the_stored_character_set_and_matches_non_ascii_queries(archive):
