@@ -126,7 +126,7 @@ def connect(db_path: Path, *, fsync: bool = True) -> sqlite3.Connection:
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create tables and indexes if missing (idempotent; every process may call it)."""
     db = sqlite_utils.Database(conn)
-    with _write(conn) as c:
+    with transaction(conn) as c:
         if "instances" not in db.table_names():
             db["instances"].create(
                 {
@@ -189,7 +189,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def _write(conn: sqlite3.Connection, relaxed: bool = False) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, relaxed: bool = False) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so no deadlock retries.
 
     `relaxed`: bookkeeping that a replay repairs (leases, routing, a failed attempt) commits
@@ -229,7 +229,7 @@ class Queue:
         """Commit received instances in one transaction (the group commit of the front-end)."""
         now = time.time()
         ids = []
-        with _write(self.conn) as c:
+        with transaction(self.conn) as c:
             for it in items:
                 cur = c.execute(
                     "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax,"
@@ -256,7 +256,7 @@ class Queue:
     # -- routing -----------------------------------------------------------------------
     def lease_unrouted(self, owner: str, limit: int, lease_seconds: float) -> list[Instance]:
         now = time.time()
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             rows = c.execute(
                 f"UPDATE instances SET due_at = ?, lease_owner = ? WHERE id IN ("
                 f" SELECT id FROM instances WHERE state = 'new' AND due_at <= ?"
@@ -272,7 +272,7 @@ class Queue:
         """
         now = time.time()
         dropped: list[str] = []
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             for instance_id, routes, note, drop in decisions:
                 if drop and not routes:
                     row = c.execute(
@@ -311,7 +311,7 @@ class Queue:
         """Make due every held batch whose series/study has been quiet for its quiet
         period, or that has waited its longest; returns how many jobs were released."""
         now = time.time()
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             cur = c.execute(
                 "UPDATE jobs SET state = 'pending', due_at = ? WHERE state = 'held' AND"
                 " batch_key IN (SELECT batch_key FROM jobs WHERE state = 'held'"
@@ -323,7 +323,7 @@ class Queue:
 
     def release_unrouted(self, instance_id: int, note: str, delay: float) -> None:
         """Routing failed (e.g. rules unreadable): try again later, keep the reason."""
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             c.execute(
                 "UPDATE instances SET due_at = ?, lease_owner = NULL, note = ? WHERE id = ?",
                 (time.time() + delay, note, instance_id),
@@ -344,7 +344,7 @@ class Queue:
         """
         now = time.time()
         concurrency = concurrency or {}
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             due = c.execute(
                 "SELECT destination, min(due_at) AS t FROM jobs WHERE state IN"
                 " ('pending', 'leased') AND due_at <= ? GROUP BY destination ORDER BY t",
@@ -405,7 +405,7 @@ class Queue:
             return []
         now = time.time()
         marks = ",".join("?" * len(job_ids))
-        with _write(self.conn) as c:
+        with transaction(self.conn) as c:
             c.execute(
                 f"UPDATE jobs SET state = 'delivered', delivered_at = ?, lease_owner = NULL,"
                 f" last_error = NULL WHERE id IN ({marks})",
@@ -432,7 +432,7 @@ class Queue:
         Only the current lease holder may do this: a worker that outlived its lease must
         not overwrite what the next holder did. Returns False when the lease was lost.
         """
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             if retry_at is None:
                 cur = c.execute(
                     "UPDATE jobs SET state = 'dead', lease_owner = NULL, last_error = ?"
@@ -451,7 +451,7 @@ class Queue:
         """Keep a long delivery's jobs ours (heartbeat); returns how many are still ours."""
         if not job_ids:
             return 0
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             cur = c.execute(
                 f"UPDATE jobs SET due_at = ? WHERE state = 'leased' AND lease_owner = ?"
                 f" AND id IN ({','.join('?' * len(job_ids))})",
@@ -510,7 +510,7 @@ class Queue:
         """Give dead letters a fresh set of attempts, due now. `actions` (rule name ->
         action spec) replaces the actions a job froze when it was routed, so a rule fixed
         after its actions failed is what the retry runs."""
-        with _write(self.conn) as c:
+        with transaction(self.conn) as c:
             for rule, spec in (actions or {}).items():
                 c.execute(
                     "UPDATE jobs SET actions = ? WHERE state = 'dead' AND rule = ?"
@@ -526,7 +526,7 @@ class Queue:
 
     def purge_dead(self, destination: str | None = None) -> tuple[int, list[str]]:
         """Drop dead letters (an admin decision); returns (count, spool paths now unneeded)."""
-        with _write(self.conn) as c:
+        with transaction(self.conn) as c:
             ids = [
                 r[0]
                 for r in c.execute(
@@ -545,7 +545,7 @@ class Queue:
         return n, paths
 
     def purge_unmatched(self) -> list[str]:
-        with _write(self.conn) as c:
+        with transaction(self.conn) as c:
             rows = c.execute(
                 "DELETE FROM instances WHERE state = 'unmatched' RETURNING path"
             ).fetchall()

@@ -34,7 +34,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from gateway.archive import levels
 from gateway.archive.levels import IMAGE, PATIENT, SERIES, STUDY
-from gateway.queue import _write, connect
+from gateway.queue import connect, transaction
 from gateway.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class ArchiveIndex:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'archive_protected'"
         ).fetchone()
         if not exists:
-            with _write(self.conn) as c:
+            with transaction(self.conn) as c:
                 if not c.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = 'archive_protected'"
                 ).fetchone():
@@ -216,7 +216,7 @@ class ArchiveIndex:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction on the gateway's database (queue tables included)."""
-        with _write(self.conn, relaxed=True) as c:
+        with transaction(self.conn, relaxed=True) as c:
             yield c
 
     # -- adding ------------------------------------------------------------------------
